@@ -1,0 +1,102 @@
+"""The contract every backbone and every mixer implements, and the state they pass around.
+
+- `forward(x, ctx) -> y`: the parallel training path over x (B, T, D).
+- `prefill(x, ctx) -> (y, state)`: the same, plus the decoding state after the last position.
+- `step(x_t, state) -> (y_t, state)`: one more position, x_t (B, D), in constant time for SSMs
+  and with a KV cache for attention.
+
+A state is a typed dataclass, passed in and returned, never kept on the module. `step` may
+update its tensors in place (a fresh multi-MB state per layer and step would cost more than the
+step itself), so a caller that wants to keep an old state takes `state.clone()` first.
+States can be indexed and concatenated along the batch, for CFG and for batching prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+S = TypeVar("S", bound="BatchState")
+
+
+@dataclass
+class Context:
+    """What a backbone needs besides its input sequence.
+
+    mask: (B, T) bool, True where the position is real. A masked position is absent: it feeds
+      no input to the mixers and leaves their state untouched. None means every position is real.
+    memory: (B, L, D) the projected text that cross-attention reads; memory_mask (B, L) likewise.
+    """
+
+    mask: Tensor | None = None
+    memory: Tensor | None = None
+    memory_mask: Tensor | None = None
+
+
+class BatchState:
+    """Mixin for decoding-state dataclasses whose tensors all have the batch on dim 0.
+
+    Fields may be tensors, nested states, lists of them, None, or plain values (a sequence
+    length, a position) that must agree between states being concatenated.
+    """
+
+    def select(self: S, index: slice | Tensor | Sequence[int]) -> S:
+        """The rows `index` of the batch (a slice or index list; an int would drop the dim)."""
+        return _combine([self], lambda ts: ts[0][index])
+
+    def clone(self: S) -> S:
+        return _combine([self], lambda ts: ts[0].clone())
+
+    @classmethod
+    def cat(cls: type[S], states: Sequence[S]) -> S:
+        return _combine(list(states), torch.cat)
+
+
+def _combine(items: list[Any], on_tensors: Callable[[list[Tensor]], Tensor]) -> Any:
+    first = items[0]
+    if isinstance(first, Tensor):
+        return on_tensors(items)
+    if isinstance(first, BatchState):
+        return type(first)(
+            **{
+                f.name: _combine([getattr(item, f.name) for item in items], on_tensors)
+                for f in dataclasses.fields(first)  # type: ignore[arg-type]
+            }
+        )
+    if isinstance(first, list):
+        return [_combine(list(column), on_tensors) for column in zip(*items, strict=True)]
+    if any(item != first for item in items):
+        raise ValueError(f"cannot combine states that differ in {first!r} vs {items}")
+    return first
+
+
+class Mixer(nn.Module, ABC, Generic[S]):
+    """A sequence mixer (SSM or attention): the backbone contract at the level of one layer."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, ctx: Context) -> Tensor: ...
+
+    @abstractmethod
+    def prefill(self, x: Tensor, ctx: Context) -> tuple[Tensor, S]: ...
+
+    @abstractmethod
+    def step(self, x: Tensor, state: S) -> tuple[Tensor, S]: ...
+
+
+class Backbone(Mixer[S], ABC):
+    """A whole backbone: (B, T, D) in, (B, T, D) out, under the same three-method contract."""
+
+    d_model: int
+
+
+def real_positions(ctx: Context, x: Tensor) -> Tensor | None:
+    """The mask as a (B, T, 1) multiplier in x's dtype, or None when every position is real."""
+    if ctx.mask is None:
+        return None
+    return ctx.mask[..., None].to(x.dtype)

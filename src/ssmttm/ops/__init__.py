@@ -1,0 +1,1 @@
+"""Scan, convolution and linear primitives: pure-PyTorch references plus fused kernels where present."""
