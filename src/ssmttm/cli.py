@@ -12,13 +12,13 @@ from ssmttm.lm import count_parameters
 def _presets(args: argparse.Namespace) -> None:
     reference = count_parameters(load_preset("simba-300m"))
     print(
-        f"{'preset':<18} {'backbone':<12} {'layers':>6} {'d_model':>7} {'parameters':>13} {'/ simba-300m':>13}"
+        f"{'preset':<18} {'backbone':<12} {'layers':>6} {'d_model':>7} {'parameters':>13} {'/ simba-300m':>12}"
     )
     for name in preset_names():
         cfg = load_preset(name)
         n = count_parameters(cfg)
         bb = cfg.backbone
-        print(f"{name:<18} {bb.kind:<12} {bb.n_layers:>6} {bb.d_model:>7} {n:>13,} {n / reference:>13.3f}")
+        print(f"{name:<18} {bb.kind:<12} {bb.n_layers:>6} {bb.d_model:>7} {n:>13,} {n / reference:>12.3f}")
 
 
 def _summary(args: argparse.Namespace) -> None:

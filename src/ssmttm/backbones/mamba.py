@@ -58,13 +58,13 @@ class Mamba(Mixer[MambaState]):
         return F.softplus(linear(dt, self.dt_proj)), B, C
 
     def _parallel(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
-        """u (B, T, D) -> output (B, T, D), the raw conv inputs (B, d_inner, T), final SSM state."""
+        """u (B, T, D) -> output (B, T, D), the raw conv inputs (B, T, d_inner), final SSM state."""
         keep = real_positions(ctx, u)
         x, z = linear(u, self.in_proj).chunk(2, dim=-1)
         if keep is not None:  # masked positions: zero input to the convolution ...
             x = x * keep
-        x_in = x.transpose(1, 2)  # (B, d_inner, T)
-        x = F.silu(causal_conv1d(x_in, self.conv1d.weight, self.conv1d.bias)).transpose(1, 2)
+        x_in = x
+        x = F.silu(causal_conv1d(x_in, self.conv1d.weight, self.conv1d.bias))
         dt, B, C = self._dt_b_c(x)
         if keep is not None:  # ... and dt = 0, so the state neither decays nor takes input
             dt = dt * keep

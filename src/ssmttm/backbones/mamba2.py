@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from ssmttm.backbones.base import BatchState, Context, Mixer, real_positions
 from ssmttm.config import Mamba2Config
-from ssmttm.ops.conv import causal_conv1d, causal_conv1d_step, conv_window
-from ssmttm.ops.fused import ssd_step_kernel
+from ssmttm.ops.conv import causal_conv1d, conv_window
 from ssmttm.ops.linear import linear
+from ssmttm.ops.mamba2_step import fused_available, gated_rms_norm, mamba2_step_fused, mamba2_step_ref
 from ssmttm.ops.ssd import ssd_chunked
 
 
@@ -33,10 +33,7 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        x = x * F.silu(z)
-        groups = x.unflatten(-1, (-1, self.group_size))
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return groups.flatten(-2) * self.weight
+        return gated_rms_norm(x, z, self.weight, self.group_size, self.eps)
 
 
 def inverse_softplus_dt(size: int, dt_min: float, dt_max: float, floor: float) -> Tensor:
@@ -70,7 +67,7 @@ class Mamba2(Mixer[Mamba2State]):
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // cfg.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        # Decode with the fused CPU kernel (ops/fused.py); generators switch it on.
+        # Decode with the fused CPU kernel (ops/mamba2_step.py); generators switch it on.
         self.fused_step = False
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
@@ -78,9 +75,7 @@ class Mamba2(Mixer[Mamba2State]):
 
     def prefill(self, x: Tensor, ctx: Context) -> tuple[Tensor, Mamba2State]:
         y, conv_inputs, ssm = self._parallel(x, ctx)
-        return y, Mamba2State(
-            conv=conv_window(conv_inputs.transpose(1, 2), self.cfg.d_conv), ssm=ssm.contiguous()
-        )
+        return y, Mamba2State(conv=conv_window(conv_inputs, self.cfg.d_conv), ssm=ssm.contiguous())
 
     def _parallel(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         """u (B, T, D) -> output (B, T, D), the raw conv inputs (B, T, conv_dim), final SSM state."""
@@ -90,9 +85,7 @@ class Mamba2(Mixer[Mamba2State]):
         z, xBC, dt = linear(u, self.in_proj).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if keep is not None:  # masked positions: zero input to the convolution ...
             xBC = xBC * keep
-        conv = F.silu(causal_conv1d(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)).transpose(
-            1, 2
-        )
+        conv = F.silu(causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias))
         x, B, C = conv.split([self.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
         if keep is not None:  # ... and dt = 0, so the state neither decays nor takes input
@@ -111,19 +104,20 @@ class Mamba2(Mixer[Mamba2State]):
 
     def step(self, u: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """u (B, D) -> (B, D); updates `state` in place."""
-        cfg = self.cfg
-        z, xBC, dt = linear(u, self.in_proj).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        conv = F.silu(causal_conv1d_step(xBC, state.conv, self.conv1d.weight, self.conv1d.bias))
-        x, B, C = conv.split([self.d_inner, cfg.ngroups * cfg.d_state, cfg.ngroups * cfg.d_state], dim=-1)
-        x = x.unflatten(-1, (self.nheads, cfg.headdim))  # (B, H, P)
-        update = ssd_step_kernel(self.fused_step and state.ssm.is_cpu)
-        y = update(
+        zxbcdt = linear(u, self.in_proj)
+        fused = self.fused_step and zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and fused_available()
+        inner = mamba2_step_fused if fused else mamba2_step_ref
+        y = inner(
+            zxbcdt,
+            state.conv,
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.dt_bias,
+            self.A_log,
+            self.D,
+            self.norm.weight,
             state.ssm,
-            x,
-            F.softplus(dt + self.dt_bias),
-            -torch.exp(self.A_log.float()),
-            B.unflatten(-1, (cfg.ngroups, cfg.d_state)),
-            C.unflatten(-1, (cfg.ngroups, cfg.d_state)),
+            self.cfg.ngroups,
+            self.norm.eps,
         )
-        y = (y + x * self.D[:, None]).flatten(-2)
-        return linear(self.norm(y, z), self.out_proj), state
+        return linear(y, self.out_proj), state

@@ -18,7 +18,8 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) for x (..., in); the output keeps x's dtype whatever the weight dtype."""
     weight = layer.weight
     if x.dim() == 2 and weight.dtype == x.dtype == torch.float32:
-        out = (weight @ x.T).T
+        # MKL is fast only for a contiguous x: W @ x.T on a transposed x streams at a quarter of the speed.
+        out = (weight @ x.contiguous().T).T
         return out if layer.bias is None else out + layer.bias
     if weight.dtype == x.dtype:
         return F.linear(x, weight, layer.bias)

@@ -64,27 +64,30 @@ def ssd_chunked(
     CB = C_c @ B_c.transpose(-1, -2)  # (b, c, g, q, q)
     y = (CB[:, :, :, None] * torch.exp(segsum(a))) @ x_c  # (b, c, g, r, q, p)
 
-    # 2. The state each chunk adds, as of its last position: (b, c, g, r, p, n)
+    # 2. The state each chunk adds, as of its last position. Heads and head dims are merged into
+    #    one axis (r p) so that B is shared by a plain batched matmul, with no broadcast copy.
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, g, r, q)
-    chunk_states = (x_c * decay_to_end[..., None]).transpose(-1, -2) @ B_c[:, :, :, None]
+    weighted = (x_c * decay_to_end[..., None]).transpose(-1, -2).reshape(b, c, g, r * p, q)
+    chunk_states = weighted @ B_c  # (b, c, g, r p, n)
 
-    # 3. Carry states across chunks: entering[z] = sum_{c<z} exp(decay c+1..z-1) chunk_states[c]
-    if initial_state is None:
-        initial_state = x.new_zeros(b, h, p, n)
-    states = torch.cat([initial_state.view(b, 1, g, r, p, n), chunk_states], dim=1)  # (b, c+1, ...)
-    chunk_decay = torch.exp(segsum(F.pad(a_cum[..., -1].permute(0, 2, 3, 1), (1, 0))))  # (b, g, r, c+1, c+1)
-    states = (chunk_decay @ states.permute(0, 2, 3, 1, 4, 5).flatten(-2)).view(b, g, r, c + 1, p, n)
-    entering, final_state = states[:, :, :, :-1], states[:, :, :, -1]
+    # 3. Carry the states across chunks. A loop over chunks (not positions), as mamba_ssm's own
+    #    state-passing kernel does: each pass is one fused multiply-add on a (b, h, p, n) state.
+    chunk_decay = torch.exp(a_cum[..., -1]).repeat_interleave(p, dim=-1)[..., None]  # (b, c, g, r p, 1)
+    entering = torch.empty_like(chunk_states)
+    state = x.new_zeros(b, g, r * p, n) if initial_state is None else initial_state.reshape(b, g, r * p, n)
+    for z in range(c):
+        entering[:, z] = state
+        state = torch.addcmul(chunk_states[:, z], chunk_decay[:, z], state)
 
     # 4. What the entering state contributes to each position of its chunk
-    entering = entering.permute(0, 3, 1, 2, 4, 5)  # (b, c, g, r, p, n)
-    y = y + (C_c[:, :, :, None] @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+    y_off = (entering @ C_c.transpose(-1, -2)).view(b, c, g, r, p, q).transpose(-1, -2)  # (b, c, g, r, q, p)
+    y = y + y_off * torch.exp(a_cum)[..., None]
 
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * q, h, p)[:, :length]
-    return y, final_state.reshape(b, h, p, n)
+    return y, state.reshape(b, h, p, n)
 
 
-def ssd_step_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """One recurrent step, updating `state` in place (the decoding hot path).
 
     state (b, h, p, n); x (b, h, p); dt (b, h) positive; A (h,); B, C (b, g, n).
@@ -96,5 +99,5 @@ def ssd_step_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
     Bh = B.repeat_interleave(h // g, dim=1)  # (b, h, n)
     Ch = C.repeat_interleave(h // g, dim=1)
     # In place: a fresh 4 MB state per layer and step costs page faults, not just bandwidth.
-    state.mul_(dA[:, :, None, None]).add_((dt[:, :, None] * x)[..., None] * Bh[:, :, None, :])
+    state.mul_(dA[:, :, None, None]).addcmul_((dt[:, :, None] * x)[..., None], Bh[:, :, None, :])
     return (state @ Ch[..., None]).squeeze(-1)

@@ -1,0 +1,115 @@
+"""The Mamba-2 decoding step between in_proj and out_proj: a PyTorch reference and a fused CPU kernel.
+
+Both take the in_proj output of one position and the layer's state, update the state in place and
+return the gated, normalised output that out_proj reads. The fused kernel (mamba2_step.cpp) is
+built on first use with the system C++ compiler, which takes about half a minute once; torch
+caches it in TORCH_EXTENSIONS_DIR. Where it cannot be built, decoding uses the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssmttm.ops.conv import causal_conv1d_step
+from ssmttm.ops.ssd import ssd_step
+
+log = logging.getLogger(__name__)
+
+
+def gated_rms_norm(x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
+    """mamba_ssm's RMSNormGated with norm_before_gate=False: rmsnorm(x * silu(z)) per group."""
+    x = x * F.silu(z)
+    groups = x.unflatten(-1, (-1, group_size))
+    groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps)
+    return groups.flatten(-2) * weight
+
+
+def mamba2_step_ref(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor,
+    ssm_state: Tensor,
+    ngroups: int,
+    eps: float,
+) -> Tensor:
+    """zxbcdt (B, 2 d_inner + 2 g n + H) -> (B, d_inner); conv_state (B, conv_dim, W) and
+    ssm_state (B, H, P, N) are updated in place."""
+    _, heads, headdim, d_state = ssm_state.shape
+    d_inner = heads * headdim
+    z, xBC, dt = zxbcdt.split([d_inner, conv_state.shape[1], heads], dim=-1)
+    conv = F.silu(causal_conv1d_step(xBC, conv_state, conv_weight, conv_bias))
+    x, B, C = conv.split([d_inner, ngroups * d_state, ngroups * d_state], dim=-1)
+    x = x.unflatten(-1, (heads, headdim))  # (B, H, P)
+    y = ssd_step(
+        ssm_state,
+        x,
+        F.softplus(dt + dt_bias),
+        -torch.exp(A_log.float()),
+        B.unflatten(-1, (ngroups, d_state)),
+        C.unflatten(-1, (ngroups, d_state)),
+    )
+    y = (y + x * D[:, None]).flatten(-2)
+    return gated_rms_norm(y, z, norm_weight, d_inner // ngroups, eps)
+
+
+@functools.cache
+def _extension():
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name="ssmttm_mamba2_step",
+        sources=[str(Path(__file__).with_name("mamba2_step.cpp"))],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+def mamba2_step_fused(
+    zxbcdt: Tensor,
+    conv_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor,
+    ssm_state: Tensor,
+    ngroups: int,
+    eps: float,
+) -> Tensor:
+    """Same contract as `mamba2_step_ref`, in one C++ call with one pass over the SSM state."""
+    return _extension().mamba2_step(
+        zxbcdt.contiguous(),
+        conv_state,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A_log,
+        D,
+        norm_weight,
+        ssm_state,
+        ngroups,
+        eps,
+    )
+
+
+@functools.cache
+def fused_available() -> bool:
+    try:
+        _extension()
+    except Exception as err:  # no compiler, no ninja, no headers: decode with the reference
+        log.warning("fused Mamba-2 decoding kernel unavailable (%s); using the PyTorch reference", err)
+        return False
+    return True
