@@ -51,9 +51,7 @@ def peak_rss_mib() -> float:
 
 
 @torch.no_grad()
-def run_steps(
-    preset: str, batch: int, steps: int, fused: bool = True, weight_dtype: torch.dtype | None = None
-) -> dict:
+def run_steps(preset: str, batch: int, steps: int, fused: bool = True, weight_dtype: torch.dtype | None = None) -> dict:
     """Prefill the text, then `steps` decoding steps; returns steps/s over all of them."""
     lm, text = build(preset, batch, fused, weight_dtype)
     logits, state = lm.prefill(text)
@@ -61,7 +59,7 @@ def run_steps(
     logits, state = lm.step(tokens, state)  # warm-up: builds the fused kernel, touches the buffers
     start = time.perf_counter()
     for _ in range(steps):
-        logits, state = lm.step(tokens, state)
+        _, state = lm.step(tokens, state)
     elapsed = time.perf_counter() - start
     return {"steps_per_s": steps / elapsed, "peak_rss_mib": peak_rss_mib()}
 
@@ -81,9 +79,7 @@ def run_forward(preset: str, batch: int, positions: int) -> dict:
 def in_process(kind: str, **kwargs) -> dict:
     """Run one measurement in a fresh process, so that its peak RSS is its own."""
     cmd = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kwargs})]
-    out = subprocess.run(
-        cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
-    )
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,9 +107,7 @@ def bytes_per_step(lm: MusicLM, batch: int) -> int:
     embedding_rows = lm.cfg.num_codebooks * lm.cfg.backbone.d_model * 4
     _, state = lm.prefill(torch.zeros(batch, 1, lm.cfg.text_dim))
     state_bytes = sum(
-        t.numel() * t.element_size()
-        for layer in state.backbone.layers
-        for t in (layer.mixer.conv, layer.mixer.ssm)
+        t.numel() * t.element_size() for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)
     )
     return weights + embedding_rows + state_bytes
 
@@ -156,9 +150,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 s clips and fewer steps: a smoke run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,9 +209,7 @@ def main() -> None:
 
     b16 = in_process("steps", preset="simba-300m", batch=16, steps=max(short // 4, 10))
     b16_eager = in_process("steps", preset="simba-300m", batch=16, steps=max(short // 20, 5), fused=False)
-    print(
-        f"batch 16, fp32: {b16['steps_per_s']:.2f} steps/s (eager reference: {b16_eager['steps_per_s']:.2f})"
-    )
+    print(f"batch 16, fp32: {b16['steps_per_s']:.2f} steps/s (eager reference: {b16_eager['steps_per_s']:.2f})")
 
     if cpu_has_bf16():
         bf2 = in_process("steps", preset="simba-300m", batch=2, steps=short, bf16=True)

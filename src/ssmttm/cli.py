@@ -11,9 +11,7 @@ from ssmttm.lm import count_parameters
 
 def _presets(args: argparse.Namespace) -> None:
     reference = count_parameters(load_preset("simba-300m"))
-    print(
-        f"{'preset':<18} {'backbone':<12} {'layers':>6} {'d_model':>7} {'parameters':>13} {'/ simba-300m':>12}"
-    )
+    print(f"{'preset':<18} {'backbone':<12} {'layers':>6} {'d_model':>7} {'parameters':>13} {'/ simba-300m':>12}")
     for name in preset_names():
         cfg = load_preset(name)
         n = count_parameters(cfg)
@@ -43,20 +41,13 @@ def _summary(args: argparse.Namespace) -> None:
     else:
         per_step = bb.n_layers * 2 * bb.d_model * 4
         print(f"  KV cache      grows by {per_step / 2**10:.0f} KiB per row and step")
-    print(
-        f"  tokens        {cfg.num_codebooks} codebooks of {cfg.cardinality} (+1 special),"
-        f" {cfg.pattern} pattern"
-    )
-    print(
-        f"  text          {cfg.text_dim}-d embeddings, {cfg.conditioning} conditioning, mask {cfg.text_mask}"
-    )
+    print(f"  tokens        {cfg.num_codebooks} codebooks of {cfg.cardinality} (+1 special), {cfg.pattern} pattern")
+    print(f"  text          {cfg.text_dim}-d embeddings, {cfg.conditioning} conditioning, mask {cfg.text_mask}")
     print(f"  positions     {cfg.positions}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ssmttm", description="Text-to-music with state-space language models."
-    )
+    parser = argparse.ArgumentParser(prog="ssmttm", description="Text-to-music with state-space language models.")
     commands = parser.add_subparsers(dest="command", required=True)
     presets = commands.add_parser("presets", help="list the model presets with their parameter counts")
     presets.set_defaults(run=_presets)

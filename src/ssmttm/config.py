@@ -117,9 +117,7 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     if unknown:
         where = f" in {path}" if path else ""
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''}{where}: {', '.join(unknown)}")
-    kwargs = {
-        key: _coerce(hints[key], value, f"{path}.{key}" if path else key) for key, value in data.items()
-    }
+    kwargs = {key: _coerce(hints[key], value, f"{path}.{key}" if path else key) for key, value in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError as err:

@@ -132,9 +132,7 @@ class MusicLM(nn.Module):
         """h (B, T, D) -> (B, K, T, V), one bias-free head per codebook."""
         return torch.stack([linear(h, head) for head in self.heads], dim=1)
 
-    def _inputs(
-        self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None
-    ) -> tuple[Tensor, Context, int]:
+    def _inputs(self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Context, int]:
         """The backbone's input sequence, its context, and the prefix length."""
         cond, cond_mask = self._condition(text, text_mask)
         batch = cond.shape[0]
@@ -153,19 +151,13 @@ class MusicLM(nn.Module):
     def _condition(self, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Projected, normalised text (B, L', D) and its mask (None when nothing is masked)."""
         batch, length, _ = text.shape
-        mask = (
-            torch.ones(batch, length, dtype=torch.bool, device=text.device)
-            if text_mask is None
-            else text_mask
-        )
+        mask = torch.ones(batch, length, dtype=torch.bool, device=text.device) if text_mask is None else text_mask
         if length == 0:  # an empty caption: one masked slot that becomes the null embedding
             text, mask = F.pad(text, (0, 0, 1, 0)), F.pad(mask, (1, 0), value=False)
         mask = self._guidance_dropout(mask.bool())
         emb = self.text_norm(linear(text, self.text_proj))
         null_rows = ~mask.any(dim=-1)  # (B,)
-        null_slot = F.pad(
-            null_rows[:, None], (emb.shape[1] - 1, 0), value=False
-        )  # last position of null rows
+        null_slot = F.pad(null_rows[:, None], (emb.shape[1] - 1, 0), value=False)  # last position of null rows
         emb = torch.where(null_slot[..., None], self.null_embedding.to(emb.dtype), emb)
         if self.cfg.text_mask == "ignore":  # the release: every text position feeds the model
             return torch.where((null_rows[:, None] & ~null_slot)[..., None], 0.0, emb), None

@@ -58,9 +58,7 @@ class SelfAttention(Mixer[KVCache]):
 
     def _heads(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D) -> q, k, v (B, H, T, hd), rotated when rope is on."""
-        q, k, v = (
-            t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in linear(x, self.qkv).chunk(3, -1)
-        )
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in linear(x, self.qkv).chunk(3, -1))
         if self.rope:
             q, k = rotary(q, positions), rotary(k, positions)
         return q, k, v
@@ -71,9 +69,7 @@ class SelfAttention(Mixer[KVCache]):
     def prefill(self, x: Tensor, ctx: Context) -> tuple[Tensor, KVCache]:
         y, k, v = self._attend(x, ctx)
         batch, length, _ = x.shape
-        mask = (
-            ctx.mask if ctx.mask is not None else torch.ones(batch, length, dtype=torch.bool, device=x.device)
-        )
+        mask = ctx.mask if ctx.mask is not None else torch.ones(batch, length, dtype=torch.bool, device=x.device)
         return y, KVCache(k.contiguous(), v.contiguous(), mask.clone(), length)
 
     def _attend(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,9 +81,7 @@ class SelfAttention(Mixer[KVCache]):
         else:
             # Masked keys are invisible; a masked query still sees itself, so no row is empty.
             causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-            allowed = (causal & ctx.mask[:, None, None, :]) | torch.eye(
-                length, dtype=torch.bool, device=x.device
-            )
+            allowed = (causal & ctx.mask[:, None, None, :]) | torch.eye(length, dtype=torch.bool, device=x.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return linear(out.transpose(1, 2).flatten(-2), self.out_proj), k, v
 
@@ -123,21 +117,14 @@ class CrossAttention(nn.Module):
         if ctx.memory is None:
             raise ValueError("cross-attention needs the text memory in the context")
         k, v = (
-            t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-            for t in linear(ctx.memory, self.kv_proj).chunk(2, -1)
+            t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in linear(ctx.memory, self.kv_proj).chunk(2, -1)
         )
         return CrossState(k, v, ctx.memory_mask)
 
     def forward(self, x: Tensor, memory: CrossState) -> Tensor:
         """x (B, T, D) or (B, D) for one step."""
         single = x.dim() == 2
-        q = (
-            linear(x[:, None] if single else x, self.q_proj)
-            .unflatten(-1, (self.num_heads, -1))
-            .transpose(1, 2)
-        )
+        q = linear(x[:, None] if single else x, self.q_proj).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         mask = None if memory.mask is None else memory.mask[:, None, None, :]
-        out = (
-            F.scaled_dot_product_attention(q, memory.k, memory.v, attn_mask=mask).transpose(1, 2).flatten(-2)
-        )
+        out = F.scaled_dot_product_attention(q, memory.k, memory.v, attn_mask=mask).transpose(1, 2).flatten(-2)
         return linear(out[:, 0] if single else out, self.out_proj)

@@ -30,17 +30,13 @@ class Mamba(Mixer[MambaState]):
         self.d_inner = cfg.expand * d_model
         self.dt_rank = cfg.dt_rank or math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, cfg.d_conv, groups=self.d_inner, padding=cfg.d_conv - 1
-        )
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, cfg.d_conv, groups=self.d_inner, padding=cfg.d_conv - 1)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         with torch.no_grad():
             bound = self.dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
-            self.dt_proj.bias.copy_(
-                inverse_softplus_dt(self.d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
-            )
+            self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
         a = torch.arange(1, cfg.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(a))  # (d_inner, d_state), S4D-real initialisation
         self.D = nn.Parameter(torch.ones(self.d_inner))

@@ -55,15 +55,9 @@ class Mamba2(Mixer[Mamba2State]):
             raise ValueError(f"{self.nheads} heads do not split into {cfg.ngroups} groups")
         self.conv_dim = self.d_inner + 2 * cfg.ngroups * cfg.d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim, padding=cfg.d_conv - 1
-        )
-        self.dt_bias = nn.Parameter(
-            inverse_softplus_dt(self.nheads, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
-        )
-        self.A_log = nn.Parameter(
-            torch.log(torch.empty(self.nheads).uniform_(cfg.a_init_min, cfg.a_init_max))
-        )
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim, padding=cfg.d_conv - 1)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.nheads, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(cfg.a_init_min, cfg.a_init_max)))
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // cfg.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)

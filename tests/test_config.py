@@ -1,0 +1,64 @@
+import pytest
+
+from ssmttm.config import (
+    ConfigError,
+    LMConfig,
+    apply_overrides,
+    from_dict,
+    load_preset,
+    load_yaml,
+    preset_names,
+    save_yaml,
+    to_dict,
+)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_preset("tiny-simba", ["backbone.n_layers=3", "label_smoothing=0.2"])
+    save_yaml(cfg, tmp_path / "c.yaml")
+    assert load_yaml(LMConfig, tmp_path / "c.yaml") == cfg
+    assert cfg.backbone.n_layers == 3 and cfg.label_smoothing == 0.2
+
+
+def test_every_preset_loads_and_round_trips_through_a_dict():
+    assert len(preset_names()) == 10
+    for name in preset_names():
+        cfg = load_preset(name)
+        assert from_dict(LMConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"backbone": {"d_modle": 3}}, "unknown key in backbone: d_modle"),
+        ({"pattern": "zigzag"}, "pattern: 'zigzag' is not one of delay, parallel"),
+        ({"num_codebooks": "four"}, "num_codebooks: expected int"),
+        ({"num_codebooks": True}, "num_codebooks: expected int"),
+        ({"backbone": 3}, "backbone: expected a mapping"),
+        ({"positions": "rope"}, "rope needs self-attention"),
+    ],
+)
+def test_bad_configs_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(LMConfig, data)
+
+
+def test_ints_are_accepted_as_floats():
+    assert from_dict(LMConfig, {"label_smoothing": 0}).label_smoothing == 0.0
+
+
+def test_overrides_parse_yaml_scalars_and_reject_malformed_items():
+    data = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=true", "d=0.5"])
+    assert data == {"a": {"b": 2, "c": True}, "d": 0.5}
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
+        apply_overrides({}, ["justakey"])
+
+
+def test_unknown_preset_and_missing_file_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_preset("nope")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_yaml(LMConfig, tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(LMConfig, tmp_path / "bad.yaml")
