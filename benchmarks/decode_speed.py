@@ -54,9 +54,9 @@ def peak_rss_mib() -> float:
 def run_steps(preset: str, batch: int, steps: int, fused: bool = True, weight_dtype: torch.dtype | None = None) -> dict:
     """Prefill the text, then `steps` decoding steps; returns steps/s over all of them."""
     lm, text = build(preset, batch, fused, weight_dtype)
-    logits, state = lm.prefill(text)
+    _, state = lm.prefill(text)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
-    logits, state = lm.step(tokens, state)  # warm-up: builds the fused kernel, touches the buffers
+    _, state = lm.step(tokens, state)  # warm-up: builds the fused kernel, touches the buffers
     start = time.perf_counter()
     for _ in range(steps):
         _, state = lm.step(tokens, state)
