@@ -1,19 +1,26 @@
 """Decoding speed and memory of simba-300m on the CPU: constant-time steps against the alternatives.
 
-Compares, at 5 s, 15 s and 30 s of audio (86.13 frames/s, 2 threads, random weights, batch 2 =
-one prompt and its CFG twin):
-  (a) our constant-time `step` (fused CPU kernel), run for every frame of the clip;
-  (b) re-running the parallel `forward` over the whole sequence at every step, as the authors'
-      release decodes: measured as one `forward` over that many positions, its cost per step there;
-  (c) transformer-300m decoding with its KV cache, run for every frame of the clip.
-Each length runs in its own process, so peak RSS is that length's own.
+Sections (all by default; `--sections table,forward` picks some):
+  table      at 5 s, 15 s and 30 s of audio (86.13 frames/s, batch 2 = one prompt and its CFG twin):
+             (a) our constant-time `step` (fused CPU kernel), run for every frame of the clip;
+             (b) re-running the parallel `forward` over the whole sequence at every step, as the
+                 authors' release decodes: measured as one `forward` over that many positions,
+                 its cost per step there;
+             (c) transformer-300m decoding with its KV cache, run for every frame of the clip.
+             Each measurement runs in its own process, so peak RSS is that length's own.
+  forward    `forward` over 2048 positions against 2048 `step` calls.
+  bandwidth  the bytes a step reads (weights and state) per second, over the bandwidth of
+             summing a 1 GiB tensor, measured interleaved in the same run.
+  batch16    steps/s at batch 16.
+  bf16       the bf16-weight path (CPUs with AVX512-BF16 or AMX): speed, and its largest logit
+             difference from fp32.
+  ablations  what the CPU-specific choices buy: the matmul form for decoding, the bf16 kernel,
+             and the allocator setting, each against its alternative.
 
-Then: `forward` over 2048 positions against 2048 `step` calls; the bandwidth that (a) streams,
-counted as the weight and state bytes a step reads over the bandwidth of summing a 1 GiB tensor;
-steps/s at batch 16; the bf16-weight path and its largest logit difference from fp32.
+All runs use 2 threads and random weights.
 
-    python benchmarks/decode_speed.py            # the whole table (about 15 minutes)
-    python benchmarks/decode_speed.py --quick    # 1 s instead of 5/15/30 s, for a smoke run
+    python benchmarks/decode_speed.py            # everything (about 20 minutes)
+    python benchmarks/decode_speed.py --quick    # 1 s clips and fewer steps, a smoke run
 """
 
 from __future__ import annotations
@@ -28,40 +35,49 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from ssmttm.config import load_preset
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
+from ssmttm.ops.linear import cast_linear_weights, linear
 
 FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
 TEXT_TOKENS = 32
 THREADS = 2
+SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations"]
 
 
 def build(preset: str, batch: int, fused: bool = True, weight_dtype: torch.dtype | None = None):
     torch.manual_seed(0)
     cfg = load_preset(preset)
     lm = Generator(MusicLM(cfg), fused=fused, weight_dtype=weight_dtype).lm
-    text = torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
-    return lm, text
+    return lm, torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 @torch.no_grad()
-def run_steps(preset: str, batch: int, steps: int, fused: bool = True, weight_dtype: torch.dtype | None = None) -> dict:
-    """Prefill the text, then `steps` decoding steps; returns steps/s over all of them."""
-    lm, text = build(preset, batch, fused, weight_dtype)
+def run_steps(preset: str, batch: int, steps: int, fused: bool = True, bf16: bool = False) -> dict:
+    """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory."""
+    lm, text = build(preset, batch, fused, torch.bfloat16 if bf16 else None)
     _, state = lm.prefill(text)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
-    _, state = lm.step(tokens, state)  # warm-up: builds the fused kernel, touches the buffers
+    for _ in range(3):  # warm-up: builds the kernels, touches the buffers
+        _, state = lm.step(tokens, state)
+    rss_start = rss_mib()
     start = time.perf_counter()
     for _ in range(steps):
         _, state = lm.step(tokens, state)
     elapsed = time.perf_counter() - start
-    return {"steps_per_s": steps / elapsed, "peak_rss_mib": peak_rss_mib()}
+    return {"steps_per_s": steps / elapsed, "peak_rss_mib": peak_rss_mib(), "rss_growth_mib": rss_mib() - rss_start}
 
 
 @torch.no_grad()
@@ -72,14 +88,38 @@ def run_forward(preset: str, batch: int, positions: int) -> dict:
     lm(seq[..., :8], text)  # warm-up
     start = time.perf_counter()
     lm(seq, text)
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "peak_rss_mib": peak_rss_mib()}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
 
 
-def in_process(kind: str, **kwargs) -> dict:
+@torch.no_grad()
+def run_matmul_forms(batch: int = 2, repeats: int = 3) -> dict:
+    """GB/s at which each form of a decoding matmul streams simba-300m's Linear weights."""
+    lm, _ = build("simba-300m", batch)
+    layers = [m for m in lm.modules() if isinstance(m, torch.nn.Linear) and m is not lm.text_proj]
+    inputs = {id(m): torch.randn(batch, m.in_features) for m in layers}
+    transposed = {k: v.T.contiguous().T for k, v in inputs.items()}  # same values, column-major
+
+    def rate(fn, weights_bytes):
+        fn()
+        return weights_bytes / min(_timed(fn) for _ in range(repeats)) / 1e9
+
+    fp32_bytes = sum(m.weight.numel() * 4 for m in layers)
+    result = {
+        "F.linear": rate(lambda: [F.linear(inputs[id(m)], m.weight) for m in layers], fp32_bytes),
+        "W @ x.T": rate(lambda: [m.weight @ inputs[id(m)].T for m in layers], fp32_bytes),
+        "W @ x.T, x transposed": rate(lambda: [m.weight @ transposed[id(m)].T for m in layers], fp32_bytes),
+    }
+    cast_linear_weights(lm, torch.bfloat16)
+    bf16 = {id(m): (inputs[id(m)].bfloat16(), m.weight) for m in layers}
+    result["bf16 F.linear"] = rate(lambda: [F.linear(x, w) for x, w in bf16.values()], fp32_bytes / 2)
+    result["bf16 kernel"] = rate(lambda: [linear(inputs[id(m)], m) for m in layers], fp32_bytes / 2)
+    return result
+
+
+def in_process(kind: str, env: dict | None = None, **kwargs) -> dict:
     """Run one measurement in a fresh process, so that its peak RSS is its own."""
     cmd = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kwargs})]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -87,8 +127,7 @@ def read_bandwidth_gbs(repeats: int = 5) -> float:
     """Bandwidth of a large streaming read: summing a 1 GiB fp32 tensor (best of `repeats`)."""
     big = torch.ones(2**28)
     big.sum()
-    best = min(_timed(big.sum) for _ in range(repeats))
-    return big.numel() * 4 / best / 1e9
+    return big.numel() * 4 / min(_timed(big.sum) for _ in range(repeats)) / 1e9
 
 
 def _timed(fn) -> float:
@@ -127,7 +166,7 @@ def bf16_logit_difference(steps: int = 32) -> float:
 
 
 def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU multiplies bf16 natively (Linux only; elsewhere, skip)."""
+    """AVX512-BF16 or AMX: the CPU handles bf16 natively (read on Linux; elsewhere, skip)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -139,85 +178,127 @@ def cpu_has_bf16() -> bool:
 def worker(spec: dict) -> None:
     torch.set_num_threads(THREADS)
     kind = spec.pop("kind")
-    if kind == "steps":
-        dtype = torch.bfloat16 if spec.pop("bf16", False) else None
-        result = run_steps(weight_dtype=dtype, **spec)
-    elif kind == "forward":
-        result = run_forward(**spec)
-    else:
-        raise ValueError(kind)
-    print(json.dumps(result))
+    runs = {"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms}
+    print(json.dumps(runs[kind](**spec)))
+
+
+def section_table(durations: list[float]) -> None:
+    print(
+        "| clip | frames | (a) step: steps/s | (a) peak RSS | (a) RSS growth during the run "
+        "| (b) forward per step | (b) peak RSS | (a) vs (b) | (c) transformer KV: steps/s | (c) peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for seconds in durations:
+        frames = round(seconds * FRAME_RATE)
+        a = in_process("steps", preset="simba-300m", batch=2, steps=frames)
+        b = in_process("forward", preset="simba-300m", batch=2, positions=frames)
+        c = in_process("steps", preset="transformer-300m", batch=2, steps=frames)
+        print(
+            f"| {seconds:.0f} s | {frames} | {a['steps_per_s']:.2f} | {a['peak_rss_mib']:.0f} MiB "
+            f"| {a['rss_growth_mib']:+.1f} MiB | {b['seconds']:.2f} s | {b['peak_rss_mib']:.0f} MiB "
+            f"| {b['seconds'] * a['steps_per_s']:.0f}x faster | {c['steps_per_s']:.2f} "
+            f"| {c['peak_rss_mib']:.0f} MiB |",
+            flush=True,
+        )
+
+
+def section_forward(positions: int) -> None:
+    fwd = in_process("forward", preset="simba-300m", batch=2, positions=positions)
+    steps = in_process("steps", preset="simba-300m", batch=2, steps=positions)
+    steps_seconds = positions / steps["steps_per_s"]
+    print(
+        f"forward over {positions} positions: {fwd['seconds']:.2f} s; {positions} steps: {steps_seconds:.2f} s; "
+        f"forward is {steps_seconds / fwd['seconds']:.1f}x faster",
+        flush=True,
+    )
+
+
+def section_bandwidth(steps: int) -> None:
+    lm, _ = build("simba-300m", 2)
+    nbytes = bytes_per_step(lm, 2)
+    del lm
+    rates, bandwidths = [], []
+    for _ in range(3):  # interleaved, so both see the same machine
+        bandwidths.append(read_bandwidth_gbs())
+        rates.append(in_process("steps", preset="simba-300m", batch=2, steps=steps)["steps_per_s"])
+    rate, bandwidth = statistics.median(rates), statistics.median(bandwidths)
+    eager = in_process("steps", preset="simba-300m", batch=2, steps=steps, fused=False)["steps_per_s"]
+    streamed = nbytes * rate / 1e9
+    print(
+        f"batch 2, fp32: {rate:.2f} steps/s (eager PyTorch reference: {eager:.2f}); a step reads "
+        f"{nbytes / 1e9:.3f} GB, so {streamed:.1f} GB/s; summing 1 GiB reads {bandwidth:.1f} GB/s; "
+        f"(a) streams {100 * streamed / bandwidth:.0f}% of the read bandwidth",
+        flush=True,
+    )
+
+
+def section_batch16(steps: int) -> None:
+    fused = in_process("steps", preset="simba-300m", batch=16, steps=steps)["steps_per_s"]
+    eager = in_process("steps", preset="simba-300m", batch=16, steps=max(steps // 5, 3), fused=False)["steps_per_s"]
+    print(f"batch 16, fp32: {fused:.2f} steps/s (eager PyTorch reference: {eager:.2f})", flush=True)
+
+
+def section_bf16(steps: int) -> None:
+    if not cpu_has_bf16():
+        print("bf16: this CPU has neither AVX512-BF16 nor AMX; skipped")
+        return
+    b2 = in_process("steps", preset="simba-300m", batch=2, steps=steps, bf16=True)["steps_per_s"]
+    b16 = in_process("steps", preset="simba-300m", batch=16, steps=max(steps // 4, 5), bf16=True)["steps_per_s"]
+    print(
+        f"bf16 weights: {b2:.2f} steps/s at batch 2, {b16:.2f} at batch 16; largest logit difference "
+        f"from fp32 over 32 teacher-forced steps: {bf16_logit_difference():.4f}",
+        flush=True,
+    )
+
+
+def section_ablations(positions: int) -> None:
+    forms = in_process("matmul", batch=2)
+    print(
+        "weight streaming at batch 2 (simba-300m's Linear weights, GB/s): "
+        + ", ".join(f"{name} {gbs:.1f}" for name, gbs in forms.items())
+    )
+    tuned = in_process("forward", preset="simba-300m", batch=2, positions=positions)["seconds"]
+    kept = in_process("forward", env={"SSMTTM_KEEP_MALLOC": "1"}, preset="simba-300m", batch=2, positions=positions)
+    print(
+        f"forward over {positions} positions: {tuned:.2f} s with the allocator setting, "
+        f"{kept['seconds']:.2f} s without (SSMTTM_KEEP_MALLOC=1)",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 s clips and fewer steps: a smoke run")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {SECTIONS}")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
     torch.set_num_threads(THREADS)
-    durations = [1.0] if args.quick else [5.0, 15.0, 30.0]
-    short = 20 if args.quick else 200
-
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    steps = 20 if args.quick else 200
+    positions = 256 if args.quick else 2048
     print(
         f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {THREADS} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
     )
-    print(
-        "| clip | frames | (a) step: steps/s | (a) peak RSS | (b) forward per step | (b) peak RSS "
-        "| (a)/(b) | (c) transformer KV: steps/s | (c) peak RSS |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for seconds in durations:
-        frames = round(seconds * FRAME_RATE)
-        a = in_process("steps", preset="simba-300m", batch=2, steps=frames)
-        b = in_process("forward", preset="simba-300m", batch=2, positions=frames)
-        c = in_process("steps", preset="transformer-300m", batch=2, steps=frames)
-        speedup = b["seconds"] * a["steps_per_s"]
-        print(
-            f"| {seconds:.0f} s | {frames} | {a['steps_per_s']:.2f} | {a['peak_rss_mib']:.0f} MiB "
-            f"| {b['seconds']:.2f} s | {b['peak_rss_mib']:.0f} MiB | {speedup:.0f}x "
-            f"| {c['steps_per_s']:.2f} | {c['peak_rss_mib']:.0f} MiB |",
-            flush=True,
-        )
-
-    positions = 256 if args.quick else 2048
-    fwd = in_process("forward", preset="simba-300m", batch=2, positions=positions)
-    eager = in_process("steps", preset="simba-300m", batch=2, steps=short, fused=False)
-    rates, bandwidths = [], []
-    for _ in range(3):  # interleave, so both see the same machine state
-        bandwidths.append(read_bandwidth_gbs())
-        rates.append(in_process("steps", preset="simba-300m", batch=2, steps=short)["steps_per_s"])
-    rate, bandwidth = statistics.median(rates), statistics.median(bandwidths)
-    steps_time = positions / rate
-    print(
-        f"\nforward over {positions} positions: {fwd['seconds']:.2f} s; {positions} steps: {steps_time:.2f} s "
-        f"({steps_time / fwd['seconds']:.1f}x slower than forward)"
-    )
-
-    lm, _ = build("simba-300m", 2)
-    nbytes = bytes_per_step(lm, 2)
-    del lm
-    streamed = nbytes * rate / 1e9
-    print(
-        f"step at batch 2, fp32: {rate:.2f} steps/s (eager reference: {eager['steps_per_s']:.2f}); "
-        f"reads {nbytes / 1e9:.3f} GB per step = {streamed:.1f} GB/s; summing 1 GiB reads {bandwidth:.1f} GB/s "
-        f"-> {100 * streamed / bandwidth:.0f}% of the read bandwidth"
-    )
-
-    b16 = in_process("steps", preset="simba-300m", batch=16, steps=max(short // 4, 10))
-    b16_eager = in_process("steps", preset="simba-300m", batch=16, steps=max(short // 20, 5), fused=False)
-    print(f"batch 16, fp32: {b16['steps_per_s']:.2f} steps/s (eager reference: {b16_eager['steps_per_s']:.2f})")
-
-    if cpu_has_bf16():
-        bf2 = in_process("steps", preset="simba-300m", batch=2, steps=short, bf16=True)
-        bf16 = in_process("steps", preset="simba-300m", batch=16, steps=max(short // 4, 10), bf16=True)
-        print(
-            f"bf16 weights: {bf2['steps_per_s']:.2f} steps/s at batch 2, {bf16['steps_per_s']:.2f} at batch 16; "
-            f"largest logit difference from fp32 over 32 steps: {bf16_logit_difference():.4f}"
-        )
+    if "table" in sections:
+        section_table([1.0] if args.quick else [5.0, 15.0, 30.0])
+        print()
+    if "forward" in sections:
+        section_forward(positions)
+    if "bandwidth" in sections:
+        section_bandwidth(steps)
+    if "batch16" in sections:
+        section_batch16(steps // 4)
+    if "bf16" in sections:
+        section_bf16(steps)
+    if "ablations" in sections:
+        section_ablations(positions)
 
 
 if __name__ == "__main__":

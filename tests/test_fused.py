@@ -1,16 +1,22 @@
-"""The fused CPU decoding kernel against its PyTorch reference twin."""
+"""The C++ decoding kernels against their PyTorch reference twins."""
 
 import pytest
 import torch
 
-from ssmttm.ops.mamba2_step import fused_available, mamba2_step_fused, mamba2_step_ref
+from ssmttm.ops import cpu_kernels
+from ssmttm.ops.linear import linear
+from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
 
 pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute)
 
 
+@pytest.fixture(autouse=True)
+def _kernels_build():
+    assert cpu_kernels.available(), "the kernels should build wherever the test suite runs"
+
+
 @pytest.mark.parametrize(("batch", "ngroups"), [(1, 1), (3, 2)])
 def test_fused_step_equals_reference(batch, ngroups):
-    assert fused_available(), "the fused kernel should build wherever the test suite runs"
     heads, headdim, d_state, width = 4, 8, 16, 4
     d_inner = heads * headdim
     conv_dim = d_inner + 2 * ngroups * d_state
@@ -35,3 +41,17 @@ def test_fused_step_equals_reference(batch, ngroups):
         torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(states["fused"][0], states["ref"][0])
     torch.testing.assert_close(states["fused"][1], states["ref"][1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_linear_kernel_equals_fp32_matmul_on_the_same_weights(rows, with_bias):
+    layer = torch.nn.Linear(96, 40, bias=with_bias).to(torch.bfloat16)
+    x = torch.randn(rows, 96)
+    with torch.no_grad():
+        y = linear(x, layer)  # takes the kernel: bf16 weights, a few fp32 rows
+        expected = x.double() @ layer.weight.double().T
+        if with_bias:
+            expected = expected + layer.bias.double()
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-5)  # exact weights, fp32 sums

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from ssmttm.backbones.base import BatchState, Context, Mixer, real_positions
 from ssmttm.config import Mamba2Config
+from ssmttm.ops import cpu_kernels
 from ssmttm.ops.conv import causal_conv1d, conv_window
 from ssmttm.ops.linear import linear
-from ssmttm.ops.mamba2_step import fused_available, gated_rms_norm, mamba2_step_fused, mamba2_step_ref
+from ssmttm.ops.mamba2_step import gated_rms_norm, mamba2_step_fused, mamba2_step_ref
 from ssmttm.ops.ssd import ssd_chunked
 
 
@@ -61,7 +62,7 @@ class Mamba2(Mixer[Mamba2State]):
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // cfg.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        # Decode with the fused CPU kernel (ops/mamba2_step.py); generators switch it on.
+        # Decode with the fused CPU kernel (ops/cpu_kernels.cpp); generators switch it on.
         self.fused_step = False
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
@@ -99,7 +100,7 @@ class Mamba2(Mixer[Mamba2State]):
     def step(self, u: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """u (B, D) -> (B, D); updates `state` in place."""
         zxbcdt = linear(u, self.in_proj)
-        fused = self.fused_step and zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and fused_available()
+        fused = self.fused_step and zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and cpu_kernels.available()
         inner = mamba2_step_fused if fused else mamba2_step_ref
         y = inner(
             zxbcdt,

@@ -29,7 +29,7 @@ class SamplingConfig:
 
 class Generator:
     def __init__(self, lm: MusicLM, fused: bool = False, weight_dtype: torch.dtype | None = None) -> None:
-        """fused: decode Mamba-2 state updates with the fused CPU kernel (ops/fused.py).
+        """fused: decode Mamba-2 layers with the fused CPU kernel (ops/cpu_kernels.cpp).
         weight_dtype: keep the Linear weights of a private copy of the model in this dtype
         (bf16 halves the bytes a step reads); the state and activations stay fp32.
         """

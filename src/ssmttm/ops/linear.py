@@ -1,10 +1,10 @@
 """Linear layers for decoding, where a step multiplies a few rows by every weight matrix.
 
-At batch 1-16 a decoding step is bound by reading the weights. On the CPUs we measured,
-PyTorch's `F.linear(x, W)` streams fp32 weights at about a third of the speed of `W @ x.T`,
-while for bf16 weights `F.linear` is the fast one (benchmarks/README.md). Every Linear of the
-models goes through `linear`, so the same code serves training, prefill and decoding, in fp32
-or with bf16 weights.
+At batch 1-16 a decoding step is bound by reading the weights, and how fast a CPU streams them
+depends on the call: `F.linear(x, W)` reads fp32 weights several times slower than `W @ x.T` with
+a contiguous x, and oneDNN's bf16 path reads cold weights at about half the speed of our C++ loop
+(benchmarks/README.md). Every Linear of the models goes through `linear`, so training, prefill and
+decoding share one code path, in fp32 or with bf16 weights.
 """
 
 from __future__ import annotations
@@ -13,18 +13,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmttm.ops import cpu_kernels
+
+BF16_KERNEL_MAX_ROWS = 4
+
 
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) for x (..., in); the output keeps x's dtype whatever the weight dtype."""
-    weight = layer.weight
+    weight, bias = layer.weight, layer.bias
     if x.dim() == 2 and weight.dtype == x.dtype == torch.float32:
-        # MKL is fast only for a contiguous x: W @ x.T on a transposed x streams at a quarter of the speed.
+        # A transposed x makes MKL's W @ x.T several times slower: hence the contiguous().
         out = (weight @ x.contiguous().T).T
-        return out if layer.bias is None else out + layer.bias
+        return out if bias is None else out + bias
     if weight.dtype == x.dtype:
-        return F.linear(x, weight, layer.bias)
-    bias = None if layer.bias is None else layer.bias.to(weight.dtype)
-    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        return F.linear(x, weight, bias)
+    if _bf16_kernel_applies(x, weight):
+        return cpu_kernels.extension().linear_bf16(x, weight, bias).to(x.dtype)
+    return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)).to(x.dtype)
+
+
+def _bf16_kernel_applies(x: Tensor, weight: Tensor) -> bool:
+    return (
+        x.dim() == 2
+        and x.shape[0] <= BF16_KERNEL_MAX_ROWS
+        and weight.dtype == torch.bfloat16
+        and x.is_cpu
+        and weight.is_contiguous()
+        and not torch.is_grad_enabled()
+        and cpu_kernels.available()
+    )
 
 
 def cast_linear_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -1,25 +1,18 @@
 """The Mamba-2 decoding step between in_proj and out_proj: a PyTorch reference and a fused CPU kernel.
 
 Both take the in_proj output of one position and the layer's state, update the state in place and
-return the gated, normalised output that out_proj reads. The fused kernel (mamba2_step.cpp) is
-built on first use with the system C++ compiler, which takes about half a minute once; torch
-caches it in TORCH_EXTENSIONS_DIR. Where it cannot be built, decoding uses the reference.
+return the gated, normalised output that out_proj reads. The fused kernel lives in cpu_kernels.cpp.
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssmttm.ops import cpu_kernels
 from ssmttm.ops.conv import causal_conv1d_step
 from ssmttm.ops.ssd import ssd_step
-
-log = logging.getLogger(__name__)
 
 
 def gated_rms_norm(x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
@@ -63,19 +56,6 @@ def mamba2_step_ref(
     return gated_rms_norm(y, z, norm_weight, d_inner // ngroups, eps)
 
 
-@functools.cache
-def _extension():
-    from torch.utils.cpp_extension import load
-
-    return load(
-        name="ssmttm_mamba2_step",
-        sources=[str(Path(__file__).with_name("mamba2_step.cpp"))],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
-
-
 def mamba2_step_fused(
     zxbcdt: Tensor,
     conv_state: Tensor,
@@ -90,7 +70,7 @@ def mamba2_step_fused(
     eps: float,
 ) -> Tensor:
     """Same contract as `mamba2_step_ref`, in one C++ call with one pass over the SSM state."""
-    return _extension().mamba2_step(
+    return cpu_kernels.extension().mamba2_step(
         zxbcdt.contiguous(),
         conv_state,
         conv_weight,
@@ -103,13 +83,3 @@ def mamba2_step_fused(
         ngroups,
         eps,
     )
-
-
-@functools.cache
-def fused_available() -> bool:
-    try:
-        _extension()
-    except Exception as err:  # no compiler, no ninja, no headers: decode with the reference
-        log.warning("fused Mamba-2 decoding kernel unavailable (%s); using the PyTorch reference", err)
-        return False
-    return True

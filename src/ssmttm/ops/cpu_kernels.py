@@ -1,0 +1,36 @@
+"""The C++ decoding kernels (cpu_kernels.cpp), built on first use with the system compiler.
+
+Building takes about half a minute once; torch caches the result in TORCH_EXTENSIONS_DIR. Where no
+compiler works, `available()` is False (with one warning) and callers use their PyTorch twins.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def extension():
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name="ssmttm_cpu_kernels",
+        sources=[str(Path(__file__).with_name("cpu_kernels.cpp"))],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+@functools.cache
+def available() -> bool:
+    try:
+        extension()
+    except Exception as err:  # no compiler, no ninja, no headers: decode with the references
+        log.warning("CPU decoding kernels unavailable (%s); using the PyTorch references", err)
+        return False
+    return True
