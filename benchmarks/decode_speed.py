@@ -2,7 +2,7 @@
 
 Sections (all by default; `--sections table,forward` picks some):
   table      at 5 s, 15 s and 30 s of audio (86.13 frames/s, batch 2 = one prompt and its CFG twin):
-             (a) our constant-time `step` (fused CPU kernel), run for every frame of the clip;
+             (a) our constant-time `step` (with the CPU kernels), run for every frame of the clip;
              (b) re-running the parallel `forward` over the whole sequence at every step, as the
                  authors' release decodes: measured as one `forward` over that many positions,
                  its cost per step there;
@@ -45,13 +45,14 @@ from ssmttm.ops.linear import cast_linear_weights, linear
 FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
 TEXT_TOKENS = 32
 THREADS = 2
+EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
 SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations"]
 
 
-def build(preset: str, batch: int, fused: bool = True, weight_dtype: torch.dtype | None = None):
+def build(preset: str, batch: int, weight_dtype: torch.dtype | None = None):
     torch.manual_seed(0)
     cfg = load_preset(preset)
-    lm = Generator(MusicLM(cfg), fused=fused, weight_dtype=weight_dtype).lm
+    lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
     return lm, torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
 
 
@@ -65,9 +66,9 @@ def rss_mib() -> float:
 
 
 @torch.no_grad()
-def run_steps(preset: str, batch: int, steps: int, fused: bool = True, bf16: bool = False) -> dict:
+def run_steps(preset: str, batch: int, steps: int, bf16: bool = False) -> dict:
     """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory."""
-    lm, text = build(preset, batch, fused, torch.bfloat16 if bf16 else None)
+    lm, text = build(preset, batch, torch.bfloat16 if bf16 else None)
     _, state = lm.prefill(text)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
@@ -155,7 +156,7 @@ def bytes_per_step(lm: MusicLM, batch: int) -> int:
 def bf16_logit_difference(steps: int = 32) -> float:
     """Largest |logit| difference between fp32 and bf16 weights, teacher-forced on the same tokens."""
     fp32, text = build("simba-300m", 2)
-    bf16 = Generator(fp32, fused=True, weight_dtype=torch.bfloat16).lm
+    bf16 = Generator(fp32, weight_dtype=torch.bfloat16).lm
     tokens = torch.randint(0, fp32.cfg.cardinality, (steps, 2, fp32.cfg.num_codebooks))
     worst = 0.0
     (la, sa), (lb, sb) = fp32.prefill(text), bf16.prefill(text)
@@ -222,7 +223,7 @@ def section_bandwidth(steps: int) -> None:
         bandwidths.append(read_bandwidth_gbs())
         rates.append(in_process("steps", preset="simba-300m", batch=2, steps=steps)["steps_per_s"])
     rate, bandwidth = statistics.median(rates), statistics.median(bandwidths)
-    eager = in_process("steps", preset="simba-300m", batch=2, steps=steps, fused=False)["steps_per_s"]
+    eager = in_process("steps", env=EAGER, preset="simba-300m", batch=2, steps=steps)["steps_per_s"]
     streamed = nbytes * rate / 1e9
     print(
         f"batch 2, fp32: {rate:.2f} steps/s (eager PyTorch reference: {eager:.2f}); a step reads "
@@ -233,9 +234,9 @@ def section_bandwidth(steps: int) -> None:
 
 
 def section_batch16(steps: int) -> None:
-    fused = in_process("steps", preset="simba-300m", batch=16, steps=steps)["steps_per_s"]
-    eager = in_process("steps", preset="simba-300m", batch=16, steps=max(steps // 5, 3), fused=False)["steps_per_s"]
-    print(f"batch 16, fp32: {fused:.2f} steps/s (eager PyTorch reference: {eager:.2f})", flush=True)
+    rate = in_process("steps", preset="simba-300m", batch=16, steps=steps)["steps_per_s"]
+    eager = in_process("steps", env=EAGER, preset="simba-300m", batch=16, steps=max(steps // 5, 3))["steps_per_s"]
+    print(f"batch 16, fp32: {rate:.2f} steps/s (eager PyTorch reference: {eager:.2f})", flush=True)
 
 
 def section_bf16(steps: int) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssmttm.ops import cpu_kernels
-from ssmttm.ops.linear import linear
+from ssmttm.ops.linear import _kernel_applies, linear
 from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
 
 pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute)
@@ -45,11 +45,13 @@ def test_fused_step_equals_reference(batch, ngroups):
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_bf16_linear_kernel_equals_fp32_matmul_on_the_same_weights(rows, with_bias):
-    layer = torch.nn.Linear(96, 40, bias=with_bias).to(torch.bfloat16)
-    x = torch.randn(rows, 96)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype):
+    layer = torch.nn.Linear(100, 40, bias=with_bias).to(dtype)  # 100: a width with a remainder
+    x = torch.randn(rows, 100)
     with torch.no_grad():
-        y = linear(x, layer)  # takes the kernel: bf16 weights, a few fp32 rows
+        assert _kernel_applies(x, layer.weight)
+        y = linear(x, layer)
         expected = x.double() @ layer.weight.double().T
         if with_bias:
             expected = expected + layer.bias.double()

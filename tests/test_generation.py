@@ -6,6 +6,7 @@ from conftest import KINDS, tiny_lm
 
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.sampling import classifier_free_guidance, sample
+from ssmttm.ops import cpu_kernels
 
 L, TEXT_DIM = 4, 6
 
@@ -92,10 +93,12 @@ def test_bf16_weight_decoding_stays_close_to_fp32():
 
 
 @pytest.mark.slow
-def test_fused_decoding_matches_the_reference():
+def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
     lm = tiny_lm("simba")
     text = torch.randn(2, L, TEXT_DIM)
     sampling = SamplingConfig(temperature=0, cfg_scale=3.0)
-    eager = Generator(lm, fused=False).generate(text, None, 12, sampling)
-    fused = Generator(lm, fused=True).generate(text, None, 12, sampling)
-    assert torch.equal(eager, fused)
+    assert cpu_kernels.available()
+    with_kernels = Generator(lm).generate(text, None, 12, sampling)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    reference = Generator(lm).generate(text, None, 12, sampling)
+    assert torch.equal(with_kernels, reference)

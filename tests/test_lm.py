@@ -6,6 +6,7 @@ from conftest import KINDS, tiny_lm
 
 from ssmttm.backbones.base import Mixer
 from ssmttm.lm import LMState
+from ssmttm.ops import cpu_kernels
 
 MODES = [(kind, cond) for kind in KINDS for cond in ("prefix", "cross")]
 B, L, T, TEXT_DIM = 2, 5, 17, 6
@@ -50,6 +51,18 @@ def test_step_equals_forward(kind, cond, split):
         full = lm(seq, text, mask)
     stepped, _ = teacher_forced(lm, seq, text, mask, split)
     torch.testing.assert_close(stepped, full[:, :, split:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("kind", "cond"), MODES)
+def test_step_equals_forward_on_the_pure_pytorch_path(kind, cond, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    lm = tiny_lm(kind, cond)
+    seq, text = inputs(lm)
+    mask = left_padded_mask([5, 2])
+    with torch.no_grad():
+        full = lm(seq, text, mask)
+    stepped, _ = teacher_forced(lm, seq, text, mask, 3)
+    torch.testing.assert_close(stepped, full[:, :, 3:], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "none"])

@@ -62,8 +62,6 @@ class Mamba2(Mixer[Mamba2State]):
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // cfg.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        # Decode with the fused CPU kernel (ops/cpu_kernels.cpp); generators switch it on.
-        self.fused_step = False
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         return self._parallel(x, ctx)[0]
@@ -100,7 +98,8 @@ class Mamba2(Mixer[Mamba2State]):
     def step(self, u: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """u (B, D) -> (B, D); updates `state` in place."""
         zxbcdt = linear(u, self.in_proj)
-        fused = self.fused_step and zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and cpu_kernels.available()
+        # The fused CPU kernel (ops/cpu_kernels.cpp) wherever it runs; the PyTorch twin elsewhere.
+        fused = zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and cpu_kernels.available()
         inner = mamba2_step_fused if fused else mamba2_step_ref
         y = inner(
             zxbcdt,

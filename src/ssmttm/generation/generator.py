@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssmttm.backbones.mamba2 import Mamba2
 from ssmttm.generation.sampling import classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
@@ -28,17 +27,15 @@ class SamplingConfig:
 
 
 class Generator:
-    def __init__(self, lm: MusicLM, fused: bool = False, weight_dtype: torch.dtype | None = None) -> None:
-        """fused: decode Mamba-2 layers with the fused CPU kernel (ops/cpu_kernels.cpp).
-        weight_dtype: keep the Linear weights of a private copy of the model in this dtype
-        (bf16 halves the bytes a step reads); the state and activations stay fp32.
+    def __init__(self, lm: MusicLM, weight_dtype: torch.dtype | None = None) -> None:
+        """weight_dtype: decode with a private copy of the model whose Linear weights are stored in
+        this dtype (bf16 halves the bytes a step reads); the state and activations stay fp32.
+
+        On the CPU, steps use the C++ kernels of ops/cpu_kernels.py wherever they build.
         """
         if weight_dtype is not None and weight_dtype != torch.float32:
             lm = cast_linear_weights(copy.deepcopy(lm), weight_dtype)
         self.lm = lm.eval()
-        for module in lm.modules():
-            if isinstance(module, Mamba2):
-                module.fused_step = fused
 
     @torch.no_grad()
     def generate(

@@ -5,8 +5,8 @@
 // (b, h, p, n) SSM state several times (decay, rank-1 update, readout). Here each state entry is
 // read once and written once, with the readout accumulated on the way. Twin: mamba2_step_ref.
 //
-// linear_bf16: y = x W^T + b for a few fp32 rows x and bf16 weights W. oneDNN streams cold bf16
-// weights at about half the speed of this loop at batch 1-4. Twin: F.linear on the fp32 weights.
+// linear_rows: y = x W^T + b for 1-4 rows. MKL and oneDNN stream weights slower than this plain loop
+// at these batch sizes (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -96,49 +96,70 @@ torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch:
   return y;
 }
 
-// One output row of W against NB rows of x, widening bf16 to fp32 (a 16-bit shift) on the fly.
-template <int NB>
-static void bf16_rows(const uint16_t* W, const float* X, float* Y, int64_t out, int64_t in, int64_t begin,
-                      int64_t end) {
+// linear_rows: y = x W^T + b for 1-4 fp32 rows x and fp32 or bf16 weights W. One pass over each
+// weight row, all rows of x at once; bf16 widens to fp32 (a 16-bit shift) on the fly and sums in fp32.
+static inline float widen(float v) { return v; }
+static inline float widen(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(float));
+  return f;
+}
+
+template <typename T, int NB>
+static void dot_rows(const T* W, const float* X, float* Y, int64_t out, int64_t in, int64_t begin, int64_t end) {
+  constexpr int V = 16;
+  const int64_t body = in - in % V;
   for (int64_t o = begin; o < end; ++o) {
-    const uint16_t* w = W + o * in;
-    for (int b = 0; b < NB; ++b) {
-      const float* x = X + b * in;
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < in; ++i) {
-        const uint32_t bits = static_cast<uint32_t>(w[i]) << 16;
-        float wf;
-        std::memcpy(&wf, &bits, sizeof(float));
-        acc += wf * x[i];
+    const T* w = W + o * in;
+    float acc[NB][V] = {};
+    for (int64_t i = 0; i < body; i += V) {
+      for (int b = 0; b < NB; ++b) {
+        const float* x = X + b * in + i;
+#pragma omp simd
+        for (int v = 0; v < V; ++v) acc[b][v] += widen(w[i + v]) * x[v];
       }
-      Y[b * out + o] = acc;
+    }
+    for (int b = 0; b < NB; ++b) {
+      float sum = 0.f;
+      for (int v = 0; v < V; ++v) sum += acc[b][v];
+      for (int64_t i = body; i < in; ++i) sum += widen(w[i]) * X[b * in + i];
+      Y[b * out + o] = sum;
     }
   }
 }
 
-torch::Tensor linear_bf16(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
-  TORCH_CHECK(weight.scalar_type() == torch::kBFloat16 && weight.is_contiguous(), "linear_bf16: contiguous bf16 W");
-  x = x.contiguous().to(torch::kFloat32);
-  const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= 4 && weight.size(1) == in, "linear_bf16: 1-4 rows of matching width");
-  auto y = torch::empty({rows, out}, x.options());
-  const auto* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-  const float* X = x.data_ptr<float>();
-  float* Y = y.data_ptr<float>();
+template <typename T>
+static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
     switch (rows) {
-      case 1: bf16_rows<1>(W, X, Y, out, in, begin, end); break;
-      case 2: bf16_rows<2>(W, X, Y, out, in, begin, end); break;
-      case 3: bf16_rows<3>(W, X, Y, out, in, begin, end); break;
-      default: bf16_rows<4>(W, X, Y, out, in, begin, end); break;
+      case 1: dot_rows<T, 1>(W, X, Y, out, in, begin, end); break;
+      case 2: dot_rows<T, 2>(W, X, Y, out, in, begin, end); break;
+      case 3: dot_rows<T, 3>(W, X, Y, out, in, begin, end); break;
+      default: dot_rows<T, 4>(W, X, Y, out, in, begin, end); break;
     }
   });
+}
+
+torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
+  const auto dtype = weight.scalar_type();
+  TORCH_CHECK((dtype == torch::kFloat32 || dtype == torch::kBFloat16) && weight.is_contiguous() &&
+                  weight.device().is_cpu(), "linear_rows: contiguous fp32 or bf16 CPU weights");
+  x = x.contiguous().to(torch::kFloat32);
+  const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
+  TORCH_CHECK(rows >= 1 && rows <= 4 && weight.size(1) == in, "linear_rows: 1-4 rows of matching width");
+  auto y = torch::empty({rows, out}, x.options());
+  if (dtype == torch::kFloat32) {
+    dot_all(weight.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), rows, out, in);
+  } else {
+    const auto* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+    dot_all(W, x.data_ptr<float>(), y.data_ptr<float>(), rows, out, in);
+  }
   if (bias.has_value()) y.add_(bias->to(torch::kFloat32));
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
-  m.def("linear_bf16", &linear_bf16, "x W^T + b for a few fp32 rows and bf16 weights");
+  m.def("linear_rows", &linear_rows, "x W^T + b for 1-4 fp32 rows, fp32 or bf16 weights");
 }

@@ -2,12 +2,14 @@
 
 Building takes about half a minute once; torch caches the result in TORCH_EXTENSIONS_DIR. Where no
 compiler works, `available()` is False (with one warning) and callers use their PyTorch twins.
+SSMTTM_NO_CPU_KERNELS=1 makes it False on purpose.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ def extension():
 
 @functools.cache
 def available() -> bool:
+    if os.environ.get("SSMTTM_NO_CPU_KERNELS") == "1":
+        return False
     try:
         extension()
     except Exception as err:  # no compiler, no ninja, no headers: decode with the references

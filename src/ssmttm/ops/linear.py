@@ -2,9 +2,9 @@
 
 At batch 1-16 a decoding step is bound by reading the weights, and how fast a CPU streams them
 depends on the call: `F.linear(x, W)` reads fp32 weights several times slower than `W @ x.T` with
-a contiguous x, and oneDNN's bf16 path reads cold weights at about half the speed of our C++ loop
-(benchmarks/README.md). Every Linear of the models goes through `linear`, so training, prefill and
-decoding share one code path, in fp32 or with bf16 weights.
+a contiguous x, and at 1-4 rows our C++ loop (cpu_kernels.cpp) reads fp32 and bf16 weights faster
+than MKL and oneDNN do (benchmarks/README.md). Every Linear of the models goes through `linear`, so
+training, prefill and decoding share one code path, in fp32 or with bf16 weights.
 """
 
 from __future__ import annotations
@@ -15,28 +15,29 @@ from torch import Tensor, nn
 
 from ssmttm.ops import cpu_kernels
 
-BF16_KERNEL_MAX_ROWS = 4
+KERNEL_MAX_ROWS = 4
 
 
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) for x (..., in); the output keeps x's dtype whatever the weight dtype."""
     weight, bias = layer.weight, layer.bias
-    if x.dim() == 2 and weight.dtype == x.dtype == torch.float32:
-        # A transposed x makes MKL's W @ x.T several times slower: hence the contiguous().
-        out = (weight @ x.contiguous().T).T
-        return out if bias is None else out + bias
+    if x.dim() == 2:  # a decoding step: a few rows against every weight
+        if _kernel_applies(x, weight):
+            return cpu_kernels.extension().linear_rows(x, weight, bias).to(x.dtype)
+        if weight.dtype == x.dtype == torch.float32:
+            # A transposed x makes MKL's W @ x.T several times slower: hence the contiguous().
+            out = (weight @ x.contiguous().T).T
+            return out if bias is None else out + bias
     if weight.dtype == x.dtype:
         return F.linear(x, weight, bias)
-    if _bf16_kernel_applies(x, weight):
-        return cpu_kernels.extension().linear_bf16(x, weight, bias).to(x.dtype)
     return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)).to(x.dtype)
 
 
-def _bf16_kernel_applies(x: Tensor, weight: Tensor) -> bool:
+def _kernel_applies(x: Tensor, weight: Tensor) -> bool:
     return (
-        x.dim() == 2
-        and x.shape[0] <= BF16_KERNEL_MAX_ROWS
-        and weight.dtype == torch.bfloat16
+        x.shape[0] <= KERNEL_MAX_ROWS
+        and x.dtype == torch.float32
+        and weight.dtype in (torch.float32, torch.bfloat16)
         and x.is_cpu
         and weight.is_contiguous()
         and not torch.is_grad_enabled()
