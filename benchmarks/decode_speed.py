@@ -106,14 +106,16 @@ def run_matmul_forms(batch: int = 2, repeats: int = 3) -> dict:
 
     fp32_bytes = sum(m.weight.numel() * 4 for m in layers)
     result = {
-        "F.linear": rate(lambda: [F.linear(inputs[id(m)], m.weight) for m in layers], fp32_bytes),
-        "W @ x.T": rate(lambda: [m.weight @ inputs[id(m)].T for m in layers], fp32_bytes),
-        "W @ x.T, x transposed": rate(lambda: [m.weight @ transposed[id(m)].T for m in layers], fp32_bytes),
+        "fp32 F.linear": rate(lambda: [F.linear(inputs[id(m)], m.weight) for m in layers], fp32_bytes),
+        "fp32 W @ x.T": rate(lambda: [m.weight @ inputs[id(m)].T for m in layers], fp32_bytes),
+        "fp32 W @ x.T with x transposed": rate(lambda: [m.weight @ transposed[id(m)].T for m in layers], fp32_bytes),
+        "fp32 our kernel": rate(lambda: [linear(inputs[id(m)], m) for m in layers], fp32_bytes),
     }
     cast_linear_weights(lm, torch.bfloat16)
     bf16 = {id(m): (inputs[id(m)].bfloat16(), m.weight) for m in layers}
     result["bf16 F.linear"] = rate(lambda: [F.linear(x, w) for x, w in bf16.values()], fp32_bytes / 2)
-    result["bf16 kernel"] = rate(lambda: [linear(inputs[id(m)], m) for m in layers], fp32_bytes / 2)
+    result["bf16 our kernel"] = rate(lambda: [linear(inputs[id(m)], m) for m in layers], fp32_bytes / 2)
+    result["sum of 1 GiB"] = read_bandwidth_gbs()
     return result
 
 
