@@ -112,7 +112,7 @@ class MusicLM(nn.Module):
         """
         x, ctx, _ = self._inputs(seq, text, text_mask)
         h, state = self.backbone.prefill(x, ctx)
-        return self._logits(h[:, -1:])[:, :, 0], LMState(state, position=x.shape[1])
+        return self._logits(h[:, -1]), LMState(state, position=x.shape[1])
 
     def step(self, tokens: Tensor, state: LMState) -> tuple[Tensor, LMState]:
         """Feed one column (B, K) of the sequence; returns the next column's logits (B, K, V)."""
@@ -120,7 +120,7 @@ class MusicLM(nn.Module):
         if self.cfg.positions == "sinusoidal":
             x = x + sinusoidal_positions(torch.tensor([state.position], device=x.device), x.shape[-1])
         h, backbone_state = self.backbone.step(x, state.backbone)
-        return self._logits(h[:, None])[:, :, 0], LMState(backbone_state, state.position + 1)
+        return self._logits(h), LMState(backbone_state, state.position + 1)
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class MusicLM(nn.Module):
         return sum(emb(seq[:, k]) for k, emb in enumerate(self.embeddings))  # type: ignore[return-value]
 
     def _logits(self, h: Tensor) -> Tensor:
-        """h (B, T, D) -> (B, K, T, V), one bias-free head per codebook."""
+        """h (B, T, D) -> (B, K, T, V), or h (B, D) -> (B, K, V): one bias-free head per codebook."""
         return torch.stack([linear(h, head) for head in self.heads], dim=1)
 
     def _inputs(self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Context, int]:
