@@ -43,8 +43,12 @@ def test_bad_configs_name_the_key(data, message):
         from_dict(LMConfig, data)
 
 
-def test_ints_are_accepted_as_floats():
+def test_ints_and_exponent_strings_are_accepted_as_floats():
     assert from_dict(LMConfig, {"label_smoothing": 0}).label_smoothing == 0.0
+    # YAML 1.1 reads 1e-4 without a dot as a string; a user writing it means a float
+    assert load_preset("tiny-simba", ["label_smoothing=1e-4"]).label_smoothing == 1e-4
+    with pytest.raises(ConfigError, match="label_smoothing: expected float"):
+        from_dict(LMConfig, {"label_smoothing": "lots"})
 
 
 def test_overrides_parse_yaml_scalars_and_reject_malformed_items():

@@ -147,6 +147,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise ConfigError(f"{path}: {value!r} does not match {tp}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
