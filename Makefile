@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/ssmttm presets
 	@echo
-	$(BIN)/ssmttm summary simba-300m
+	$(BIN)/ssmttm summary tiny-simba --decode-steps 400
 
 lint: setup
 	$(BIN)/ruff check .

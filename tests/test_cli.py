@@ -17,6 +17,11 @@ def test_summary_describes_a_preset(capsys):
     assert "3 x [Mamba-1]" in capsys.readouterr().out
 
 
+def test_summary_can_decode_with_random_weights(capsys):
+    assert main(["summary", "tiny-simba", "backbone.d_model=32", "--decode-steps", "10"]) == 0
+    assert "decoded       (1, 4, 10) codes" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_2():
     result = subprocess.run(
         [sys.executable, "-m", "ssmttm.cli", "summary", "tiny-simba", "backbone.d_modle=3"],

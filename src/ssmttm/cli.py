@@ -44,6 +44,29 @@ def _summary(args: argparse.Namespace) -> None:
     print(f"  tokens        {cfg.num_codebooks} codebooks of {cfg.cardinality} (+1 special), {cfg.pattern} pattern")
     print(f"  text          {cfg.text_dim}-d embeddings, {cfg.conditioning} conditioning, mask {cfg.text_mask}")
     print(f"  positions     {cfg.positions}")
+    if args.decode_steps:
+        _decode_demo(cfg, args.decode_steps)
+
+
+def _decode_demo(cfg, steps: int) -> None:
+    """Decode with random weights: shows the prefill-then-step loop and its speed, not music."""
+    import time
+
+    import torch
+
+    from ssmttm.generation import Generator, SamplingConfig
+    from ssmttm.lm import MusicLM
+
+    torch.manual_seed(0)
+    generator = Generator(MusicLM(cfg))
+    text = torch.randn(1, 8, cfg.text_dim)
+    start = time.perf_counter()
+    codes = generator.generate(text, None, num_frames=steps, sampling=SamplingConfig(), seed=0, progress=True)
+    elapsed = time.perf_counter() - start
+    print(
+        f"  decoded       {tuple(codes.shape)} codes (random weights) in {elapsed:.1f} s, with CFG: "
+        f"{(steps + cfg.num_codebooks) / elapsed:.0f} steps/s"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="describe one model preset")
     summary.add_argument("preset", nargs="?", default="simba-300m", help="preset name or YAML path")
     summary.add_argument("override", nargs="*", help="config overrides, e.g. backbone.n_layers=12")
+    summary.add_argument("--decode-steps", type=int, default=0, help="also decode this many frames, random weights")
     summary.set_defaults(run=_summary)
     return parser
 
