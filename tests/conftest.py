@@ -56,3 +56,26 @@ def golden_dir():
     from pathlib import Path
 
     return Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def tiny_dac_dir(tmp_path_factory):
+    """A DAC with random weights and a tiny config, saved like a downloaded model: 16 kHz, hop 8,
+    4 codebooks of 16 entries."""
+    from transformers import DacConfig, DacModel
+
+    torch.manual_seed(0)
+    config = DacConfig(
+        encoder_hidden_size=8,
+        downsampling_ratios=[2, 4],
+        decoder_hidden_size=16,
+        upsampling_ratios=[4, 2],
+        n_codebooks=4,
+        codebook_size=16,
+        codebook_dim=4,
+        hidden_size=32,
+        sampling_rate=16000,
+    )
+    path = tmp_path_factory.mktemp("tiny_dac")
+    DacModel(config).save_pretrained(path)
+    return path

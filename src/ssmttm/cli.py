@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.lm import count_parameters
@@ -69,6 +71,70 @@ def _decode_demo(cfg, steps: int) -> None:
     )
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    from ssmttm.data.prepare import PrepareConfig, PrepareError, prepare
+
+    try:
+        index, count = (int(part) for part in args.shard.split("/"))
+    except ValueError:
+        raise PrepareError(f"--shard {args.shard!r}: expected i/n, e.g. 0/4") from None
+    config = PrepareConfig(
+        source=args.source,
+        out=args.out,
+        codec=args.codec,
+        captions=args.captions,
+        num_codebooks=args.num_codebooks,
+        segment_s=args.segment_seconds,
+        validation_fraction=args.validation_fraction,
+        exclude=args.exclude,
+        remove_vocals=args.remove_vocals,
+        items_per_unit=args.items_per_unit,
+    )
+    result = prepare(config, workers=args.workers, share=(index, count), progress=True)
+    print(
+        f"encoded {result.items_encoded} items in {result.units_encoded} units "
+        f"({result.units_done_before} units were already done, {result.units_total} in all)"
+    )
+    _report_merge(args.out, result.merge)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from ssmttm.data.shards import PLAN, merge
+
+    if not (Path(args.out) / PLAN).is_file():
+        raise FileNotFoundError(f"{args.out} holds no {PLAN}: not a folder that `ssmttm data prepare` wrote")
+    _report_merge(args.out, merge(Path(args.out)))
+
+
+def _report_merge(out: str, merged) -> None:
+    if merged is None or merged.missing_units:
+        missing = "other shares" if merged is None else f"{len(merged.missing_units)} units"
+        print(f"{out}: waiting for {missing}; run `ssmttm data merge --out {out}` once every share is done")
+        return
+    print(f"{out}: {merged.clips} clips indexed; {merged.failures} inputs skipped, with reasons in failures.jsonl")
+
+
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="prepare training data").add_subparsers(dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="encode a captioned audio collection into token shards")
+    prep.add_argument("--source", required=True, help="folder of audio (a captions file, Jamendo, or our corpus)")
+    prep.add_argument("--captions", help="captions: JSON, JSONL or CSV (file, caption); Jamendo: the release's JSON")
+    prep.add_argument("--codec", required=True, help="codec name (dac), hub id or local model folder")
+    prep.add_argument("--out", required=True, help="output folder; an interrupted run resumes there")
+    prep.add_argument("--num-codebooks", type=int, help="keep the first K codebooks (default: all)")
+    prep.add_argument("--segment-seconds", type=float, default=30.0, help="clip length (default 30)")
+    prep.add_argument("--validation-fraction", type=float, default=0.05, help="share of songs held out")
+    prep.add_argument("--exclude", help="file of ids to leave out (item ids, song ids or file paths), one per line")
+    prep.add_argument("--remove-vocals", action="store_true", help="keep Demucs htdemucs's no-vocals stem")
+    prep.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
+    prep.add_argument("--shard", default="0/1", help="i/n: this machine does every n-th unit, starting at i")
+    prep.add_argument("--items-per-unit", type=int, default=16, help="source files per shard unit")
+    prep.set_defaults(run=_prepare)
+    merge = data.add_parser("merge", help="index the units of all --shard runs in one folder")
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(run=_merge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssmttm", description="Text-to-music with state-space language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("override", nargs="*", help="config overrides, e.g. backbone.n_layers=12")
     summary.add_argument("--decode-steps", type=int, default=0, help="also decode this many frames, random weights")
     summary.set_defaults(run=_summary)
+    _add_data_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.run(args)
     except (ConfigError, ValueError, FileNotFoundError) as err:

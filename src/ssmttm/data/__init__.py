@@ -1,0 +1,1 @@
+"""Data: the synthetic captioned-music corpus, preparing collections into token shards, datasets."""

@@ -1,0 +1,158 @@
+"""Token shards on disk: written atomically, unit by unit, and read back memory-mapped.
+
+A prepared collection is a folder:
+
+    plan.json            what will be prepared: settings, codec, units of items, split, early failures
+    shards/NAME.npy      uint16 tokens (K, frames) of every clip of one unit, end to end
+    shards/NAME.json     that unit's clip records (offset and length in the .npy) and failures;
+                         written last, so its presence means the unit is complete
+    index.jsonl          every clip record, in unit order           } written by `merge` once
+    failures.jsonl       every input that was skipped, with why     } every unit is complete
+    manifest.json        counts, hours, codec id and frame rate     }
+
+Nothing is ever half-written: each file goes to a temporary name beside it, then is renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARDS = "shards"
+PLAN, INDEX, FAILURES, MANIFEST = "plan.json", "index.jsonl", "failures.jsonl", "manifest.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line
+    ]
+
+
+def unit_done(root: Path, name: str) -> bool:
+    return (root / SHARDS / f"{name}.json").is_file()
+
+
+def write_unit(root: Path, name: str, tokens: np.ndarray, records: list[dict], failures: list[dict]) -> None:
+    """Tokens first, then the records that point into them: a unit is complete when its .json exists."""
+    if tokens.size and int(tokens.max()) > np.iinfo(np.uint16).max:
+        raise ValueError("token ids above 65535 do not fit the uint16 shards")
+    atomic_write(root / SHARDS / f"{name}.npy", lambda f: np.save(f, tokens.astype(np.uint16), allow_pickle=False))
+    write_json(root / SHARDS / f"{name}.json", {"records": records, "failures": failures})
+
+
+@dataclass
+class MergeResult:
+    clips: int
+    failures: int
+    missing_units: list[str]
+
+
+def merge(root: Path) -> MergeResult:
+    """Build index.jsonl, failures.jsonl and manifest.json from complete units.
+
+    With units missing (another machine's share of a --shard i/n run, say) nothing is written and
+    the missing units are returned.
+    """
+    plan = json.loads((root / PLAN).read_text(encoding="utf-8", errors="surrogateescape"))
+    names = [unit["name"] for unit in plan["units"]]
+    missing = [name for name in names if not unit_done(root, name)]
+    if missing:
+        return MergeResult(0, 0, missing)
+    records, failures = [], list(plan["failures"])
+    for name in names:
+        unit = json.loads((root / SHARDS / f"{name}.json").read_text(encoding="utf-8", errors="surrogateescape"))
+        records.extend(unit["records"])
+        failures.extend(unit["failures"])
+    write_jsonl(root / INDEX, records)
+    write_jsonl(root / FAILURES, failures)
+    write_json(root / MANIFEST, _manifest(plan, records, failures))
+    return MergeResult(len(records), len(failures), [])
+
+
+def _manifest(plan: dict, records: list[dict], failures: list[dict]) -> dict:
+    codec = plan["codec"]
+    splits: dict[str, dict[str, Any]] = {}
+    for record in records:
+        split = splits.setdefault(record["split"], {"clips": 0, "frames": 0, "songs": set()})
+        split["clips"] += 1
+        split["frames"] += record["frames"]
+        split["songs"].add(record["song"])
+    summary = {
+        name: {"clips": s["clips"], "songs": len(s["songs"]), "hours": s["frames"] / codec["frame_rate"] / 3600}
+        for name, s in sorted(splits.items())
+    }
+    return {
+        "codec": codec,
+        "clips": len(records),
+        "hours": sum(s["hours"] for s in summary.values()),
+        "splits": summary,
+        "failures": len(failures),
+        "excluded": len(plan["excluded"]),
+        "shards": [unit["name"] for unit in plan["units"]],
+        "settings": plan["settings"],
+    }
+
+
+class TokenStore:
+    """A prepared collection, read-only: the index, and each clip's tokens memory-mapped."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{self.root} is not a prepared collection (no {MANIFEST}; run `ssmttm data merge`)"
+            )
+        self.manifest = json.loads(manifest.read_text(encoding="utf-8", errors="surrogateescape"))
+        self.records = read_jsonl(self.root / INDEX)
+        self._shards: dict[str, np.ndarray] = {}
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.manifest["codec"]["frame_rate"])
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["split"] == name]
+
+    def tokens(self, record: dict[str, Any]) -> np.ndarray:
+        """(K, frames) uint16, a view into the memory-mapped shard."""
+        shard = self._shards.get(record["shard"])
+        if shard is None:
+            shard = np.load(self.root / SHARDS / f"{record['shard']}.npy", mmap_mode="r")
+            self._shards[record["shard"]] = shard
+        return shard[:, record["offset"] : record["offset"] + record["frames"]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
