@@ -361,3 +361,18 @@ def test_cli_errors_are_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("ssmttm: error:") and "Traceback" not in result.stderr
+
+
+def test_our_synthetic_corpus_prepares_without_a_captions_argument(tmp_path, tiny_dac_dir):
+    from ssmttm.data.synth import synthesize_corpus
+
+    synthesize_corpus(tmp_path / "corpus", n=3, seed=5, duration_s=3.0, sample_rate=22050)
+    result = run(tmp_path / "corpus", tmp_path / "out", tiny_dac_dir)
+    assert result.merge is not None and result.merge.failures == 0
+    store = TokenStore(tmp_path / "out")
+    metadata = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "corpus" / "metadata.jsonl").open()}
+    assert {r["song"] for r in store} == set(metadata)  # a piece is a song: its clips never straddle splits
+    for record in store:
+        piece = metadata[record["song"]]
+        assert record["caption"] == piece["caption"]
+        assert record["meta"]["style"] == piece["style"] and record["meta"]["tempo_bpm"] == piece["tempo_bpm"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ssmttm.config import ConfigError, load_preset, preset_names
+from ssmttm.data.synth.command import add_synth_command
 from ssmttm.lm import count_parameters
 
 
@@ -115,7 +116,10 @@ def _report_merge(out: str, merged) -> None:
 
 
 def _add_data_commands(commands) -> None:
-    data = commands.add_parser("data", help="prepare training data").add_subparsers(dest="data_command", required=True)
+    data = commands.add_parser("data", help="make and prepare training data").add_subparsers(
+        dest="data_command", required=True
+    )
+    add_synth_command(data)
     prep = data.add_parser("prepare", help="encode a captioned audio collection into token shards")
     prep.add_argument("--source", required=True, help="folder of audio (a captions file, Jamendo, or our corpus)")
     prep.add_argument("--captions", help="captions: JSON, JSONL or CSV (file, caption); Jamendo: the release's JSON")

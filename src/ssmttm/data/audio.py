@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from ssmttm.files import atomic_write
 
 
 class AudioError(ValueError):
@@ -55,17 +55,10 @@ def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int, subtype: str
     The format follows the extension (.wav, .flac, .mp3, .ogg).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(wav, dtype=np.float32)
     data = data.T if data.ndim == 2 else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, subtype=subtype, format=_format(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = _format(path)
+    atomic_write(path, lambda f: sf.write(f, data, sample_rate, subtype=subtype, format=fmt))
 
 
 def _format(path: Path) -> str:

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from ssmttm.codecs import Codec, load_codec
 from ssmttm.data.audio import AudioError, load_audio
-from ssmttm.data.shards import PLAN, MergeResult, merge, unit_done, write_json, write_unit
+from ssmttm.data.shards import PLAN, MergeResult, merge, unit_done, write_unit
 from ssmttm.data.sources import Failure, SourceItem, discover
+from ssmttm.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _load_or_write_plan(config: PrepareConfig, codec: Codec, root: Path) -> dict
     }
     path = root / PLAN
     if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+        previous = read_json(path)
         if previous != json.loads(json.dumps(plan)):
             what = "settings" if previous.get("settings") != plan["settings"] else "source files or captions"
             raise PrepareError(f"{root} was prepared with other {what}; use a new --out folder")

@@ -10,14 +10,11 @@ A prepared collection is a folder:
     failures.jsonl       every input that was skipped, with why     } every unit is complete
     manifest.json        counts, hours, codec id and frame rate     }
 
-Nothing is ever half-written: each file goes to a temporary name beside it, then is renamed.
+Nothing is ever half-written (ssmttm.files).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,39 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ssmttm.files import atomic_write, read_json, read_jsonl, write_json, write_jsonl
+
 SHARDS = "shards"
 PLAN, INDEX, FAILURES, MANIFEST = "plan.json", "index.jsonl", "failures.jsonl", "manifest.json"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line
-    ]
 
 
 def unit_done(root: Path, name: str) -> bool:
@@ -85,14 +53,14 @@ def merge(root: Path) -> MergeResult:
     With units missing (another machine's share of a --shard i/n run, say) nothing is written and
     the missing units are returned.
     """
-    plan = json.loads((root / PLAN).read_text(encoding="utf-8", errors="surrogateescape"))
+    plan = read_json(root / PLAN)
     names = [unit["name"] for unit in plan["units"]]
     missing = [name for name in names if not unit_done(root, name)]
     if missing:
         return MergeResult(0, 0, missing)
     records, failures = [], list(plan["failures"])
     for name in names:
-        unit = json.loads((root / SHARDS / f"{name}.json").read_text(encoding="utf-8", errors="surrogateescape"))
+        unit = read_json(root / SHARDS / f"{name}.json")
         records.extend(unit["records"])
         failures.extend(unit["failures"])
     write_jsonl(root / INDEX, records)
@@ -135,7 +103,7 @@ class TokenStore:
             raise FileNotFoundError(
                 f"{self.root} is not a prepared collection (no {MANIFEST}; run `ssmttm data merge`)"
             )
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8", errors="surrogateescape"))
+        self.manifest = read_json(manifest)
         self.records = read_jsonl(self.root / INDEX)
         self._shards: dict[str, np.ndarray] = {}
 

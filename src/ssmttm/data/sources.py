@@ -80,7 +80,11 @@ def discover(source: Path, captions: Path | None) -> tuple[list[SourceItem], lis
 
 def _folder(source: Path, captions: Path) -> tuple[list[SourceItem], list[Failure]]:
     records, failures = _read_caption_records(captions)
-    audio = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS}
+    audio = {
+        p.relative_to(source).as_posix()
+        for p in source.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")  # hidden: temporary files
+    }
     items: list[SourceItem] = []
     seen: set[str] = set()
     for record in records:
