@@ -33,6 +33,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
+	$(BIN)/python benchmarks/synth_speed.py --n 200
 	$(BIN)/python benchmarks/decode_speed.py
 
 clean:
