@@ -1,0 +1,69 @@
+"""Frozen text encoders behind one interface (`TextEncoder`), built by short name, hub id or local path,
+and the on-disk cache of their caption embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens, pad_left
+from ssmttm.text.cache import EmbeddingCache
+from ssmttm.text.hf import check_available
+from ssmttm.text.t5 import FLAN_T5_BASE
+
+__all__ = ["EmbeddingCache", "TextEncoder", "TextEncoderError", "Tokens", "load_text_encoder", "pad_left"]
+
+EMBEDDED = "minilm"  # ships as a Python package: works offline
+
+# Short names users type, and what they load.
+NAMES = {
+    "t5": FLAN_T5_BASE,
+    "flan-t5-base": FLAN_T5_BASE,
+    "minilm": EMBEDDED,
+    "embedded": EMBEDDED,
+    "default": EMBEDDED,
+}
+
+
+def load_text_encoder(name: str, device: str | torch.device = "cpu", max_length: int | None = None) -> TextEncoder:
+    """A frozen text encoder by short name ("t5", "minilm"), hub id ("google/flan-t5-base") or local folder.
+
+    `max_length` (tokens, special tokens included) defaults to the encoder's own limit. Optional
+    dependencies load lazily: only the encoder asked for is imported.
+    """
+    source = NAMES.get(name, name)
+    if source == EMBEDDED:
+        from ssmttm.text.minilm import MiniLMEncoder
+
+        return MiniLMEncoder.from_package(device, max_length)
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")):  # a folder: its config says which encoder
+        kind = _model_type(path)
+        source = str(path.resolve())  # the id, a cache key, must not depend on the working directory
+    elif source.count("/") == 1:  # a hub id: only its name says which encoder it is
+        kind = "t5" if "t5" in source.lower() else "bert" if "minilm" in source.lower() else None
+        if kind is None:
+            raise TextEncoderError(f"cannot tell whether hub id {name!r} is a T5 or a BERT encoder: pass its folder")
+    else:
+        known = ", ".join(sorted(NAMES))
+        raise TextEncoderError(f"unknown text encoder {name!r}: use one of {known}, a hub id or a local model folder")
+    if kind == "t5":
+        from ssmttm.text.t5 import T5Encoder
+
+        return T5Encoder.from_pretrained(source, device, max_length)
+    if kind == "bert":
+        from ssmttm.text.minilm import MiniLMEncoder
+
+        return MiniLMEncoder.from_pretrained(source, device, max_length)
+    raise TextEncoderError(f"{name!r} is not a text encoder we know how to load (model type {kind!r}): use T5 or BERT")
+
+
+def _model_type(path: Path) -> str | None:
+    check_available(str(path))
+    config = path / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError:
+        raise TextEncoderError(f"{config} is not valid JSON") from None
