@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ssmttm.codecs.command import add_codec_commands
 from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.lm import count_parameters
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--decode-steps", type=int, default=0, help="also decode this many frames, random weights")
     summary.set_defaults(run=_summary)
     _add_data_commands(commands)
+    add_codec_commands(commands)
     return parser
 
 

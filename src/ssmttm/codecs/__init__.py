@@ -3,41 +3,77 @@
 from __future__ import annotations
 
 import json
+import re
+from importlib import import_module
 from pathlib import Path
 
-from ssmttm.codecs.base import Codec, CodecError
+from ssmttm.codecs.base import Codec, CodecError, how_to_provide, hub_offline
 
 __all__ = ["Codec", "CodecError", "load_codec"]
 
 # Short names users type, and what they load.
-NAMES = {"dac": "descript/dac_44khz", "dac-44khz": "descript/dac_44khz"}
+NAMES = {
+    "dac": "descript/dac_44khz",
+    "dac-44khz": "descript/dac_44khz",
+    "encodec": "facebook/encodec_32khz",
+    "encodec-32khz": "facebook/encodec_32khz",
+}
+# A config's model_type -> the class that wraps it; imported only when asked for.
+CLASSES = {"dac": "ssmttm.codecs.dac:DacCodec", "encodec": "ssmttm.codecs.encodec:EncodecCodec"}
+# Codecs that need no download: name -> "module:factory", called as factory(num_codebooks, device).
+# The embedded offline codec registers here as "embedded".
+BUILTIN: dict[str, str] = {"embedded": "ssmttm.codecs.spectral.codec:load_embedded"}
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu") -> Codec:
-    """A codec by short name ("dac"), hub id ("descript/dac_44khz") or local model folder.
+    """A codec by short name ("embedded", "dac", "encodec"), hub id ("descript/dac_44khz"), local
+    model folder, or a weights file of the embedded codec's kind (`ssmttm codec fit` writes one).
 
-    Optional dependencies load lazily: only the codec asked for is imported.
+    Optional dependencies load lazily: only the codec asked for is imported. With HF_HUB_OFFLINE=1
+    a model that is neither a local folder nor in the Hugging Face cache fails at once.
     """
+    if name in BUILTIN:
+        module, factory = BUILTIN[name].split(":")
+        return getattr(import_module(module), factory)(num_codebooks, device)
     source = NAMES.get(name, name)
-    path = Path(source)
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        from ssmttm.codecs.spectral import SpectralCodec
+
+        return SpectralCodec.load(path, num_codebooks)
     if path.exists():
-        kind = _model_type(path)
-    elif "/" in source and not source.startswith((".", "/")):
-        kind = "dac" if "dac" in source.lower() else None
+        kind = _model_type(path / "config.json", path)
+        source = str(path)
+    elif HUB_ID.fullmatch(source) and not source.startswith("."):
+        kind = _hub_model_type(source)
     else:
-        known = ", ".join(sorted(NAMES))
-        raise CodecError(f"unknown codec {name!r}: use one of {known}, a hub id or a local model folder")
-    if kind == "dac":
-        from ssmttm.codecs.dac import DacCodec
+        known = ", ".join(sorted({*NAMES, *BUILTIN}))
+        raise CodecError(f"unknown codec {name!r}: not a local folder, a hub id or one of {known}; {how_to_provide()}")
+    if kind not in CLASSES:
+        raise CodecError(f"{name!r} is not a codec we know how to load (model type {kind!r})")
+    module, cls = CLASSES[kind].split(":")
+    return getattr(import_module(module), cls).from_pretrained(source, num_codebooks, device)
 
-        return DacCodec.from_pretrained(source, num_codebooks, device)
-    raise CodecError(f"{name!r} is not a codec we know how to load (model type {kind!r})")
+
+def _hub_model_type(hub_id: str) -> str | None:
+    """The model type of a hub id: from its cached config, else guessed from the name when online."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub_id, "config.json")
+    if isinstance(cached, str):
+        return _model_type(Path(cached), hub_id)
+    if hub_offline():
+        raise CodecError(
+            f"cannot load codec {hub_id!r}: no local folder of that name, and it is not in the Hugging Face "
+            f"cache (HF_HUB_OFFLINE=1); {how_to_provide(hub_id)}"
+        )
+    return next((kind for kind in CLASSES if kind in hub_id.lower()), None)
 
 
-def _model_type(path: Path) -> str | None:
-    config = path / "config.json"
+def _model_type(config: Path, source: str | Path) -> str | None:
     if not config.is_file():
-        raise CodecError(f"{path} has no config.json: not a saved codec")
+        raise CodecError(f"{source} has no config.json: not a saved codec")
     try:
         return json.loads(config.read_text()).get("model_type")
     except json.JSONDecodeError:

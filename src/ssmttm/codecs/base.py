@@ -3,18 +3,30 @@
 Every codec takes audio at any rate and channel count (it resamples and downmixes itself) and
 decodes to mono at its own rate. `frame_rate` is exact: sample_rate / hop as a float, so that
 durations and frame counts never drift.
+
+Long audio runs in windows, in both directions: a window computes `chunk_frames` frames plus the
+context its network needs on each side (`encode_context_frames`, `decode_context_frames`) and
+keeps only its centre, so memory is bounded by the chunk size and the result equals a whole pass
+up to float noise. A subclass implements `_encode` and `_decode` and sets those three attributes;
+chunking and streaming (`stream_decoder`) come from here.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ssmttm.data.audio import resample
+
+if TYPE_CHECKING:
+    from ssmttm.codecs.streaming import StreamDecoder
 
 
 class CodecError(ValueError):
@@ -29,37 +41,90 @@ class Codec(ABC):
     hop_length: int
     num_codebooks: int
     cardinality: int  # entries per codebook; token ids are 0 .. cardinality - 1
+    # Frames of context a window needs so that its centre frames equal a whole pass: an int for
+    # both sides, or (left, right). Derive them from the network's receptive field.
+    encode_context_frames: int | tuple[int, int] = 0
+    decode_context_frames: int | tuple[int, int] = 0
+    chunk_frames: int = 1024  # frames a window keeps; with the context, this bounds memory
 
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    @property
+    def encode_context(self) -> tuple[int, int]:
+        """(left, right) frames of context an encoding window needs."""
+        return _sides(self.encode_context_frames)
+
+    @property
+    def decode_context(self) -> tuple[int, int]:
+        """(left, right) frames of context a decoding window needs; a stream holds back `right`."""
+        return _sides(self.decode_context_frames)
+
     def num_frames(self, num_samples: int) -> int:
         """Frames for `num_samples` samples at the codec's rate: ceil(N / hop)."""
         return math.ceil(num_samples / self.hop_length)
 
-    def encode(self, wav: Tensor, sample_rate: int) -> Tensor:
-        """wav (B, C, N) float at `sample_rate` -> codes (B, K, T) int64, T = ceil(N' / hop)
-        where N' is the length at the codec's rate. The end is padded with silence up to a frame."""
-        if wav.dim() != 3:
-            raise CodecError(f"encode expects audio of shape (batch, channels, samples), got {tuple(wav.shape)}")
-        mono = self._to_codec_rate(wav.float().mean(dim=1, keepdim=True), sample_rate)  # (B, 1, N')
-        frames = self.num_frames(mono.shape[-1])
-        if frames == 0:
-            raise CodecError("cannot encode empty audio")
-        padded = torch.nn.functional.pad(mono, (0, frames * self.hop_length - mono.shape[-1]))
+    def encode(self, wav: Tensor, sample_rate: int, chunk_frames: int | None = None) -> Tensor:
+        """wav (B, C, N) float at `sample_rate` -> codes (B, K, T) int64, T = ceil(N' / hop) where N'
+        is the length at the codec's rate. The end is padded with silence up to a whole frame, so
+        audio shorter than one hop gives one frame. Runs in windows of `chunk_frames` frames
+        (default: the codec's `chunk_frames`)."""
+        rate = _check_audio(wav, sample_rate)
+        mono = self._to_codec_rate(wav.float().mean(dim=1, keepdim=True), rate)  # (B, 1, N')
+        frames = max(1, self.num_frames(mono.shape[-1]))
+        hop = self.hop_length
+        padded = torch.nn.functional.pad(mono, (0, frames * hop - mono.shape[-1]))  # (B, 1, T * hop)
+        left, right = self.encode_context
+        parts = []
         with torch.inference_mode():
-            codes = self._encode(padded)
-        return codes[:, : self.num_codebooks, :frames].long()
+            for lo, hi, start, stop in windows(0, frames, frames, self._chunk(chunk_frames), left, right):
+                codes = self._encode(padded[..., lo * hop : hi * hop])  # (B, >= K, hi - lo)
+                parts.append(codes[:, : self.num_codebooks, start - lo : stop - lo])
+        return torch.cat(parts, dim=-1).long()
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, K, T) -> wav (B, 1, T * hop) float32 at `sample_rate`."""
-        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
-            raise CodecError(f"decode expects codes (batch, {self.num_codebooks}, frames), got {tuple(codes.shape)}")
+    def decode(self, codes: Tensor, chunk_frames: int | None = None) -> Tensor:
+        """codes (B, K, T) -> wav (B, 1, T * hop) float32 at `sample_rate`, in windows of
+        `chunk_frames` frames (default: the codec's `chunk_frames`)."""
+        codes = self.check_codes(codes)
+        frames = codes.shape[-1]
+        return self.decode_span(codes, 0, 0, frames, frames, self._chunk(chunk_frames))
+
+    def stream_decoder(self, chunk_frames: int | None = None) -> StreamDecoder:
+        """Decodes codes as they arrive: `push(codes (B, K, t)) -> wav (B, 1, n)`, then `flush()`.
+        All pushes and the flush, concatenated, equal `decode` of all the codes."""
+        from ssmttm.codecs.streaming import StreamDecoder
+
+        return StreamDecoder(self, self._chunk(chunk_frames))
+
+    def check_codes(self, codes: Tensor) -> Tensor:
+        """codes (B, K, T) of integers in 0..cardinality - 1, as int64; a CodecError otherwise."""
+        if not isinstance(codes, Tensor) or codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
+            shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
+            raise CodecError(f"decode expects codes (batch, {self.num_codebooks}, frames), got {shape}")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise CodecError(f"codes must be integers, got {codes.dtype}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
             raise CodecError(f"codes must lie in 0..{self.cardinality - 1}")
+        return codes.long()
+
+    def decode_span(self, codes: Tensor, first: int, start: int, stop: int, total: int, chunk: int) -> Tensor:
+        """Frames start..stop of a sequence whose frames first..first + t are `codes` (B, K, t) and
+        of which `total` frames exist: -> wav (B, 1, (stop - start) * hop), window by window."""
+        hop = self.hop_length
+        left, right = self.decode_context
+        parts = [codes.new_zeros(codes.shape[0], 1, 0, dtype=torch.float32)]
         with torch.inference_mode():
-            return self._decode(codes.long()).float()
+            for lo, hi, keep_lo, keep_hi in windows(start, stop, total, chunk, left, right):
+                wav = self._decode(codes[..., lo - first : hi - first], lo)  # (B, 1, (hi - lo) * hop)
+                parts.append(wav[..., (keep_lo - lo) * hop : (keep_hi - lo) * hop].float())
+        return torch.cat(parts, dim=-1)
+
+    def _chunk(self, chunk_frames: int | None) -> int:
+        chunk = self.chunk_frames if chunk_frames is None else chunk_frames
+        if not isinstance(chunk, int) or chunk < 1:
+            raise CodecError(f"chunk_frames must be a positive integer, got {chunk!r}")
+        return chunk
 
     def _to_codec_rate(self, wav: Tensor, sample_rate: int) -> Tensor:
         if sample_rate == self.sample_rate:
@@ -73,5 +138,59 @@ class Codec(ABC):
         """wav (B, 1, N) at the codec rate, N a multiple of hop -> codes (B, >= K, N / hop)."""
 
     @abstractmethod
-    def _decode(self, codes: Tensor) -> Tensor:
-        """codes (B, K, T) -> wav (B, 1, T * hop)."""
+    def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
+        """codes (B, K, T) -> wav (B, 1, T * hop). `start_frame` is the absolute index of the first
+        frame, for codecs whose synthesis depends on absolute time (phases); others ignore it."""
+
+
+def windows(start: int, stop: int, total: int, chunk: int, left: int, right: int):
+    """Windows that compute frames start..stop of `total`: (lo, hi, keep_lo, keep_hi) per window,
+    where frames lo..hi go in (clipped to 0..total) and frames keep_lo..keep_hi are kept."""
+    for keep_lo in range(start, stop, chunk):
+        keep_hi = min(keep_lo + chunk, stop)
+        yield max(0, keep_lo - left), min(total, keep_hi + right), keep_lo, keep_hi
+
+
+def _sides(context: int | tuple[int, int]) -> tuple[int, int]:
+    left, right = (context, context) if isinstance(context, int) else context
+    return int(left), int(right)
+
+
+def _check_audio(wav: Tensor, sample_rate: int) -> int:
+    """The sample rate as an int, after checking wav (B, C, N) and the rate; a CodecError otherwise."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise CodecError(f"sample rate must be a positive integer, got {sample_rate!r}")
+    if not (math.isfinite(sample_rate) and sample_rate > 0 and float(sample_rate).is_integer()):
+        raise CodecError(f"sample rate must be a positive integer, got {sample_rate!r}")
+    if not isinstance(wav, Tensor) or wav.dim() != 3:
+        shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
+        raise CodecError(f"encode expects audio of shape (batch, channels, samples), got {shape}")
+    if wav.numel() == 0:
+        raise CodecError(f"cannot encode empty audio of shape {tuple(wav.shape)}")
+    if wav.dtype.is_complex or not torch.isfinite(wav).all():
+        raise CodecError("cannot encode audio with NaN, infinite or complex values")
+    return int(sample_rate)
+
+
+def load_pretrained(model_class, source: str, what: str):
+    """`model_class.from_pretrained(source)`: a local folder, or a hub id (from the cache when
+    offline). A source that cannot be had is one CodecError saying how to provide it."""
+    try:
+        return model_class.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        hub_id = None if Path(source).exists() else source
+        raise CodecError(f"cannot load {what} from {source!r} ({reason}); {how_to_provide(hub_id)}") from None
+
+
+def how_to_provide(hub_id: str | None = None) -> str:
+    """One sentence on getting a model onto a machine that cannot reach the hub."""
+    example = hub_id or "descript/dac_44khz"
+    return (
+        f"on a machine with internet run `hf download {example} --local-dir DIR`, "
+        "copy DIR here and pass DIR as the codec"
+    )
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}

@@ -3,15 +3,20 @@ whose package pulls torchaudio). 86.13 frames/s, 9 codebooks of 1024; the LM use
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ssmttm.codecs.base import Codec, CodecError
+from ssmttm.codecs.base import Codec, CodecError, load_pretrained
 
 DAC_44KHZ = "descript/dac_44khz"
+RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # a residual unit stack: kernel-7 convs dilated 1, 3 and 9, each reaching 3 * d
 
 
 class DacCodec(Codec):
+    chunk_frames = 256  # about 3 s at 44.1 kHz; the decoder holds about 2 MB of activations per frame
+
     def __init__(self, model, name: str, num_codebooks: int | None = None, device: str | torch.device = "cpu"):
         config = model.config
         self.model = model.eval().to(device)
@@ -24,23 +29,50 @@ class DacCodec(Codec):
         if not 1 <= self.num_codebooks <= available:
             raise CodecError(f"{name} has {available} codebooks; cannot use {self.num_codebooks}")
         self.device = torch.device(device)
+        self.encode_context_frames, self.decode_context_frames = dac_context_frames(config)
 
     @classmethod
     def from_pretrained(cls, name: str = DAC_44KHZ, num_codebooks: int | None = None, device: str = "cpu"):
         """A local folder saved with `save_pretrained`, or a hub id when the hub is reachable."""
         from transformers import DacModel
 
-        try:
-            model = DacModel.from_pretrained(name)
-        except OSError as err:
-            raise CodecError(
-                f"cannot load DAC from {name!r}: not a local model folder, and the hub could not provide it "
-                f"({str(err).splitlines()[0][:120]})"
-            ) from None
-        return cls(model, name, num_codebooks, device)
+        return cls(load_pretrained(DacModel, name, "DAC"), name, num_codebooks, device)
 
     def _encode(self, wav: Tensor) -> Tensor:
         return self.model.encode(wav.to(self.device), n_quantizers=self.num_codebooks).audio_codes
 
-    def _decode(self, codes: Tensor) -> Tensor:
-        return self.model.decode(audio_codes=codes.to(self.device)).audio_values[:, None]
+    def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
+        wav = self.model.decode(audio_codes=codes.to(self.device)).audio_values[:, None]  # (B, 1, ~T * hop)
+        # An odd upsampling ratio makes the transposed convolutions one sample short at the end.
+        return torch.nn.functional.pad(wav, (0, codes.shape[-1] * self.hop_length - wav.shape[-1]))
+
+
+def dac_context_frames(config) -> tuple[int, int]:
+    """(encode, decode) frames of context each side: DAC is fully convolutional with symmetric
+    padding, so this is the receptive field's reach beyond a frame's own samples, rounded up.
+
+    Counted in samples at the audio rate: a conv of reach r at a level that is `rate` samples per
+    step reaches r * rate; a strided conv (kernel 2s, padding ceil(s/2)) reaches ceil(s/2) samples
+    of its input left and s - ceil(s/2) right; a transposed one at most one input step each side.
+    For the 44.1 kHz model: encode 8 frames, decode 10, equal to the field measured with gradients.
+    """
+    hop = int(config.hop_length)
+    reach, rate = 3, 1  # first conv, kernel 7
+    for stride in config.downsampling_ratios:
+        reach += RESIDUAL_RADIUS * rate + math.ceil(stride / 2) * rate
+        rate *= stride
+    encode = math.ceil((reach + 1 * hop) / hop)  # last conv: kernel 3 at the frame rate
+    reach, rate = 3 * hop, hop  # first conv, kernel 7 at the frame rate
+    for stride in config.upsampling_ratios:
+        reach += 1 * rate  # transposed conv: one input step
+        rate //= stride
+        reach += RESIDUAL_RADIUS * rate
+    decode = math.ceil((reach + 3) / hop)  # last conv: kernel 7 at the audio rate
+    return encode, decode
+
+
+def dac_44khz_config():
+    """The architecture of descript/dac_44khz (DacConfig's defaults, at 44.1 kHz), for random weights."""
+    from transformers import DacConfig
+
+    return DacConfig(sampling_rate=44100)

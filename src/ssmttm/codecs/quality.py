@@ -1,0 +1,68 @@
+"""What a codec round trip must keep of music, measured the same way on the original and the copy:
+the tempo (librosa's beat tracker), the harmony (the strongest pitch classes of the mean chroma)
+and the spectrum (a multi-resolution log-mel distance)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+
+MEL_FFTS = (512, 1024, 2048)
+
+
+def tempo_bpm(wav: np.ndarray, rate: int) -> float:
+    """librosa's beat-tracker tempo estimate, default settings."""
+    tempo, _ = librosa.beat.beat_track(y=wav, sr=rate)
+    return float(np.atleast_1d(tempo)[0])
+
+
+def top_pitch_classes(wav: np.ndarray, rate: int, count: int = 3) -> frozenset[int]:
+    """The `count` strongest pitch classes (0 = C) of the time-averaged constant-Q chroma."""
+    chroma = librosa.feature.chroma_cqt(y=wav, sr=rate).mean(axis=1)  # (12,)
+    return frozenset(np.argsort(chroma)[-count:].tolist())
+
+
+def mel_distance(reference: np.ndarray, other: np.ndarray, rate: int) -> float:
+    """Mean |log10 mel power difference| over 80 mel bands, averaged over FFT sizes 512, 1024, 2048
+    (hop a quarter of each): 0 for identical audio, about 1 for a 10 dB error everywhere."""
+    length = min(len(reference), len(other))
+    distances = []
+    for n_fft in MEL_FFTS:
+        mels = [
+            librosa.feature.melspectrogram(y=x[:length], sr=rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=80)
+            for x in (reference, other)
+        ]
+        distances.append(float(np.mean(np.abs(np.log10(mels[0] + 1e-5) - np.log10(mels[1] + 1e-5)))))
+    return float(np.mean(distances))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    tempo_before: float
+    tempo_after: float
+    pitch_classes_before: frozenset[int]
+    pitch_classes_after: frozenset[int]
+    mel_distance: float
+
+    @property
+    def tempo_kept(self) -> bool:
+        """Within 3 BPM."""
+        return abs(self.tempo_before - self.tempo_after) <= 3.0
+
+    @property
+    def harmony_kept(self) -> bool:
+        return self.pitch_classes_before == self.pitch_classes_after
+
+
+def compare(reference: np.ndarray, other: np.ndarray, rate: int) -> Comparison:
+    """Both (N,) mono at `rate`; `other` is cut or zero-padded to the reference's length."""
+    other = np.pad(other[: len(reference)], (0, max(0, len(reference) - len(other))))
+    return Comparison(
+        tempo_bpm(reference, rate),
+        tempo_bpm(other, rate),
+        top_pitch_classes(reference, rate),
+        top_pitch_classes(other, rate),
+        mel_distance(reference, other, rate),
+    )
