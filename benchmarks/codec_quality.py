@@ -9,7 +9,7 @@ copy the same way (ssmttm.codecs.quality):
 - harmony: the top 3 pitch classes of the mean chroma, kept when equal as a set; target: 90%;
 - the multi-resolution log-mel distance (lower is better).
 For the embedded codec a second row decodes the unquantized features, which separates what the
-signal model loses from what the codebooks lose. A last row measures the original plus inaudible
+signal model loses from what the codebooks lose. A last row measures the original plus faint
 noise (-50 dBFS): how stable the measures themselves are. Per-clip results go to a JSONL file beside the clips.
 """
 
@@ -49,7 +49,7 @@ def _measure(path: str) -> dict:
     codes = _codec.encode(torch.from_numpy(mono)[None, None], rate)
     decoded = _codec.decode(codes)[0].numpy()  # (1, T * hop) at the codec's rate
     row = {"file": Path(path).name, **_as_dict(compare(mono, resample(decoded, _codec.sample_rate, rate)[0], rate))}
-    # The measures' own stability: the original with white noise at -50 dBFS, which nobody hears.
+    # The measures' own stability: the original with faint white noise (-50 dBFS), which leaves the music as it is.
     rng = np.random.default_rng(0)
     noisy = mono + np.float32(10 ** (-50 / 20)) * rng.standard_normal(len(mono)).astype(np.float32)
     row["reference"] = _as_dict(compare(mono, noisy, rate))
