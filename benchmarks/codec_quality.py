@@ -48,17 +48,20 @@ def _measure(path: str) -> dict:
     mono = to_mono(wav)[0]  # (N,)
     codes = _codec.encode(torch.from_numpy(mono)[None, None], rate)
     decoded = _codec.decode(codes)[0].numpy()  # (1, T * hop) at the codec's rate
-    row = {"file": Path(path).name, **_as_dict(compare(mono, resample(decoded, _codec.sample_rate, rate)[0], rate))}
+    result = compare(mono, resample(decoded, _codec.sample_rate, rate)[0], rate)
+    before = (result.tempo_before, result.pitch_classes_before)  # the original, measured once
+    row = {"file": Path(path).name, **_as_dict(result)}
     # The measures' own stability: the original with faint white noise (-50 dBFS), which leaves the music as it is.
     rng = np.random.default_rng(0)
     noisy = mono + np.float32(10 ** (-50 / 20)) * rng.standard_normal(len(mono)).astype(np.float32)
-    row["reference"] = _as_dict(compare(mono, noisy, rate))
+    row["reference"] = _as_dict(compare(mono, noisy, rate, before))
     if isinstance(_codec, SpectralCodec):  # its signal model alone, without the codebooks
         at_rate = resample(mono[None], rate, _codec.sample_rate)[0]
         at_rate = np.pad(at_rate, (0, -len(at_rate) % _codec.hop_length))
         features = _codec.features(torch.from_numpy(at_rate)[None, None])[0]  # (T, dim)
         resynthesized = _codec.model.synthesize(features).numpy()[None]
-        row["unquantized"] = _as_dict(compare(mono, resample(resynthesized, _codec.sample_rate, rate)[0], rate))
+        unquantized = resample(resynthesized, _codec.sample_rate, rate)[0]
+        row["unquantized"] = _as_dict(compare(mono, unquantized, rate, before))
     return row
 
 

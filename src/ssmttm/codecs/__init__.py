@@ -7,7 +7,8 @@ import re
 from importlib import import_module
 from pathlib import Path
 
-from ssmttm.codecs.base import Codec, CodecError, how_to_provide, hub_offline
+from ssmttm.codecs.base import Codec, CodecError
+from ssmttm.hub import cached_config, how_to_provide, offline
 
 __all__ = ["Codec", "CodecError", "load_codec"]
 
@@ -49,7 +50,9 @@ def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu")
         kind = _hub_model_type(source)
     else:
         known = ", ".join(sorted({*NAMES, *BUILTIN}))
-        raise CodecError(f"unknown codec {name!r}: not a local folder, a hub id or one of {known}; {how_to_provide()}")
+        raise CodecError(
+            f"unknown codec {name!r}: not a local folder, a hub id or one of {known}; {how_to_provide(NAMES['dac'])}"
+        )
     if kind not in CLASSES:
         raise CodecError(f"{name!r} is not a codec we know how to load (model type {kind!r})")
     module, cls = CLASSES[kind].split(":")
@@ -58,12 +61,10 @@ def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu")
 
 def _hub_model_type(hub_id: str) -> str | None:
     """The model type of a hub id: from its cached config, else guessed from the name when online."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(hub_id, "config.json")
-    if isinstance(cached, str):
+    cached = cached_config(hub_id)
+    if cached is not None:
         return _model_type(Path(cached), hub_id)
-    if hub_offline():
+    if offline():
         raise CodecError(
             f"cannot load codec {hub_id!r}: no local folder of that name, and it is not in the Hugging Face "
             f"cache (HF_HUB_OFFLINE=1); {how_to_provide(hub_id)}"

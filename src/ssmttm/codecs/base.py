@@ -14,7 +14,6 @@ chunking and streaming (`stream_decoder`) come from here.
 from __future__ import annotations
 
 import math
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ssmttm.data.audio import resample
+from ssmttm.hub import first_line, how_to_provide
 
 if TYPE_CHECKING:
     from ssmttm.codecs.streaming import StreamDecoder
@@ -178,19 +178,5 @@ def load_pretrained(model_class, source: str, what: str):
     try:
         return model_class.from_pretrained(source)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        hub_id = None if Path(source).exists() else source
-        raise CodecError(f"cannot load {what} from {source!r} ({reason}); {how_to_provide(hub_id)}") from None
-
-
-def how_to_provide(hub_id: str | None = None) -> str:
-    """One sentence on getting a model onto a machine that cannot reach the hub."""
-    example = hub_id or "descript/dac_44khz"
-    return (
-        f"on a machine with internet run `hf download {example} --local-dir DIR`, "
-        "copy DIR here and pass DIR as the codec"
-    )
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        hub_id = "descript/dac_44khz" if Path(source).exists() else source
+        raise CodecError(f"cannot load {what} from {source!r} ({first_line(err)}); {how_to_provide(hub_id)}") from None

@@ -56,13 +56,17 @@ class Comparison:
         return self.pitch_classes_before == self.pitch_classes_after
 
 
-def compare(reference: np.ndarray, other: np.ndarray, rate: int) -> Comparison:
-    """Both (N,) mono at `rate`; `other` is cut or zero-padded to the reference's length."""
+def compare(
+    reference: np.ndarray, other: np.ndarray, rate: int, before: tuple[float, frozenset[int]] | None = None
+) -> Comparison:
+    """Both (N,) mono at `rate`; `other` is cut or zero-padded to the reference's length. `before`,
+    the reference's (tempo, pitch classes) from an earlier call, spares measuring it again."""
     other = np.pad(other[: len(reference)], (0, max(0, len(reference) - len(other))))
+    tempo, pitch_classes = before or (tempo_bpm(reference, rate), top_pitch_classes(reference, rate))
     return Comparison(
-        tempo_bpm(reference, rate),
+        tempo,
         tempo_bpm(other, rate),
-        top_pitch_classes(reference, rate),
+        pitch_classes,
         top_pitch_classes(other, rate),
         mel_distance(reference, other, rate),
     )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssmttm.hub import cached_config, first_line, how_to_provide, offline
 from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens
 
 # Tokenizers that declare no real limit (ByT5's is 1e30) fall back to this.
@@ -90,8 +91,7 @@ def load_pretrained(model_class: Any, source: str) -> tuple[Any, Any]:
         # float() rather than a dtype argument: its name changed across transformers versions
         model = model_class.from_pretrained(source).float()
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise TextEncoderError(f"cannot load text encoder {source!r}: {reason}") from None
+        raise TextEncoderError(f"cannot load text encoder {source!r}: {first_line(err)}") from None
     return model, tokenizer
 
 
@@ -103,12 +103,9 @@ def check_available(source: str) -> None:
             what = "has no config.json" if path.is_dir() else "does not exist"
             raise TextEncoderError(f"text encoder folder {path} {what}: pass a folder saved with save_pretrained")
         return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(source, "config.json"), str):
+    if offline() and cached_config(source) is None:
         raise TextEncoderError(
-            f"text encoder {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: on a machine with "
-            f"internet run `hf download {source} --local-dir DIR`, copy DIR here and pass its path"
+            f"text encoder {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: {how_to_provide(source)}"
         )
 
 

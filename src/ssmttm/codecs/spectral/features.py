@@ -41,8 +41,8 @@ class SpectralConfig:
     hop_length: int = 512  # 43.07 frames/s
     n_fft: int = 2048  # analysis frame of the noise bands
     # Synthesis frame: two hops, the shortest Hann overlap-add that covers every sample. A longer
-    # one smears every amplitude change over more frames, which blurs onsets: with 2048, the beat
-    # tracker missed the tempo of 2 more of 50 development clips.
+    # one smears every amplitude change over more frames and blurs onsets, which the beat tracker
+    # noticed on the development clips.
     synthesis_fft: int = 1024
     fmin_midi: int = 24  # C1
     num_semitones: int = 84  # C1 .. B7

@@ -1,0 +1,30 @@
+"""The Hugging Face Hub from a machine that may not reach it: what codecs and text encoders both
+need to fail fast and say how to bring a model here."""
+
+from __future__ import annotations
+
+import os
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE, read when asked rather than when huggingface_hub was imported."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def cached_config(hub_id: str) -> str | None:
+    """The path of `hub_id`'s cached config.json, or None when the cache does not hold it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json")
+    return found if isinstance(found, str) else None
+
+
+def how_to_provide(hub_id: str) -> str:
+    """One sentence on getting a model onto a machine that cannot reach the hub."""
+    return f"on a machine with internet run `hf download {hub_id} --local-dir DIR`, copy DIR here and pass DIR"
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """An exception's first line, for one-line errors (transformers' messages run to paragraphs)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
