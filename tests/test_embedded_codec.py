@@ -14,7 +14,7 @@ import torch
 
 from ssmttm.cli import main
 from ssmttm.codecs import CodecError, load_codec
-from ssmttm.codecs.quality import compare
+from ssmttm.codecs.quality import compare, third_fourth_gap
 from ssmttm.codecs.spectral import EMBEDDED_WEIGHTS, SpectralCodec, SpectralConfig, SpectralModel
 from ssmttm.codecs.spectral.fit import FitConfig, fit_spectral_codec
 from ssmttm.data.audio import load_audio, save_audio
@@ -65,6 +65,14 @@ def test_round_trip_keeps_tempo_and_harmony_of_unseen_clips(index):
     assert abs(result.tempo_before - result.tempo_after) <= 3.0, (meta["file"], result)
     assert result.pitch_classes_before == result.pitch_classes_after, (meta["file"], result)
     assert result.mel_distance < 0.6
+
+
+def test_the_gap_between_third_and_fourth_pitch_class_measures_a_near_tie():
+    chroma = np.array([0.9, 0.1, 0.5, 0.2, 0.49, 0.3, 0.0, 0.8, 0.1, 0.2, 0.1, 0.3])  # 3rd 0.5, 4th 0.49
+    assert third_fourth_gap(chroma) == pytest.approx(0.02)
+    assert third_fourth_gap(np.roll(chroma, 5)) == pytest.approx(0.02)  # order does not matter
+    result = round_trip(0)[1]
+    assert 0.0 <= result.gap_before <= 1.0
 
 
 def test_analysis_of_the_synthesis_gives_back_the_features():

@@ -18,10 +18,25 @@ def tempo_bpm(wav: np.ndarray, rate: int) -> float:
     return float(np.atleast_1d(tempo)[0])
 
 
+def mean_chroma(wav: np.ndarray, rate: int) -> np.ndarray:
+    """(12,) librosa's constant-Q chroma (each frame scaled to max 1), averaged over time."""
+    return librosa.feature.chroma_cqt(y=wav, sr=rate).mean(axis=1)
+
+
 def top_pitch_classes(wav: np.ndarray, rate: int, count: int = 3) -> frozenset[int]:
     """The `count` strongest pitch classes (0 = C) of the time-averaged constant-Q chroma."""
-    chroma = librosa.feature.chroma_cqt(y=wav, sr=rate).mean(axis=1)  # (12,)
+    return _top(mean_chroma(wav, rate), count)
+
+
+def _top(chroma: np.ndarray, count: int = 3) -> frozenset[int]:
     return frozenset(np.argsort(chroma)[-count:].tolist())
+
+
+def third_fourth_gap(chroma: np.ndarray) -> float:
+    """How clearly a clip has a top 3: the gap between its 3rd and 4th strongest pitch classes,
+    relative to the 3rd. Near 0, any change at all can swap them."""
+    strongest = np.sort(chroma)[::-1]
+    return float((strongest[2] - strongest[3]) / max(strongest[2], 1e-12))
 
 
 def mel_distance(reference: np.ndarray, other: np.ndarray, rate: int) -> float:
@@ -45,6 +60,7 @@ class Comparison:
     pitch_classes_before: frozenset[int]
     pitch_classes_after: frozenset[int]
     mel_distance: float
+    gap_before: float  # third_fourth_gap of the reference
 
     @property
     def tempo_kept(self) -> bool:
@@ -57,16 +73,17 @@ class Comparison:
 
 
 def compare(
-    reference: np.ndarray, other: np.ndarray, rate: int, before: tuple[float, frozenset[int]] | None = None
+    reference: np.ndarray, other: np.ndarray, rate: int, before: tuple[float, np.ndarray] | None = None
 ) -> Comparison:
     """Both (N,) mono at `rate`; `other` is cut or zero-padded to the reference's length. `before`,
-    the reference's (tempo, pitch classes) from an earlier call, spares measuring it again."""
+    the reference's (tempo, mean chroma) from an earlier call, spares measuring it again."""
     other = np.pad(other[: len(reference)], (0, max(0, len(reference) - len(other))))
-    tempo, pitch_classes = before or (tempo_bpm(reference, rate), top_pitch_classes(reference, rate))
+    tempo, chroma = before or (tempo_bpm(reference, rate), mean_chroma(reference, rate))
     return Comparison(
         tempo,
         tempo_bpm(other, rate),
-        pitch_classes,
+        _top(chroma),
         top_pitch_classes(other, rate),
         mel_distance(reference, other, rate),
+        third_fourth_gap(chroma),
     )
