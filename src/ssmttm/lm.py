@@ -75,16 +75,21 @@ class MusicLM(nn.Module):
         h = self.backbone(x, ctx)
         return self._logits(h[:, prefix_len - 1 :])
 
-    def compute_loss(self, codes: Tensor, text: Tensor, text_mask: Tensor | None = None) -> LossOutput:
+    def compute_loss(
+        self, codes: Tensor, text: Tensor, text_mask: Tensor | None = None, label_smoothing: float | None = None
+    ) -> LossOutput:
         """Teacher-forced loss on codec frames (B, K, T); frames holding the special id are padding."""
         seq = self.pattern.build(codes)
         logits = self(seq[..., :-1], text, text_mask)
-        return self.loss(logits, seq, self.pattern.valid_mask(codes.shape[-1], device=codes.device))
+        return self.loss(logits, seq, self.pattern.valid_mask(codes.shape[-1], device=codes.device), label_smoothing)
 
-    def loss(self, logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> LossOutput:
+    def loss(
+        self, logits: Tensor, targets: Tensor, valid: Tensor | None = None, label_smoothing: float | None = None
+    ) -> LossOutput:
         """logits (B, K, S, V), targets (B, K, S).
 
         Targets holding the special id, or outside the pattern's `valid` (K, S), are skipped.
+        `label_smoothing` defaults to the config's; validation passes 0 for the plain cross-entropy.
         """
         ignore = targets == self.cfg.special_token
         if valid is not None:
@@ -94,7 +99,7 @@ class MusicLM(nn.Module):
             logits.flatten(0, 2),
             targets.flatten(),
             ignore_index=-100,
-            label_smoothing=self.cfg.label_smoothing,
+            label_smoothing=self.cfg.label_smoothing if label_smoothing is None else label_smoothing,
             reduction="none",
         )
         counts = (~ignore).sum(dim=(0, 2))
