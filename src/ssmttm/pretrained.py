@@ -1,0 +1,241 @@
+"""The exported model format, defined once: a folder holding `model.safetensors` and `config.json`.
+
+    DIR/model.safetensors   the LM's state dict (tensors only, no pickle)
+    DIR/config.json         {"format_version": 1, "model": {LMConfig}, "codec": ..., "text_encoder": ...,
+                             "generation": {"cfg_scale", "temperature", "top_k"}, "trained_steps", "source"}
+
+The codec and the text encoder are frozen, so they are named (anything `load_codec` and
+`load_text_encoder` accept), not stored. `ssmttm export` and the generation side's
+`from_pretrained` / `save_pretrained` both go through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from ssmttm.config import ConfigError, LMConfig, from_dict, to_dict
+from ssmttm.files import atomic_write, read_text, write_json
+from ssmttm.hub import first_line, how_to_provide, offline
+from ssmttm.lm import MusicLM
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+FORMAT_VERSION = 1
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class PretrainedError(ValueError):
+    """An exported model folder (or hub id) that is missing, incomplete or does not match its config."""
+
+
+@dataclass
+class GenerationDefaults:
+    """What `generate` uses when the caller says nothing; MusicGen's defaults."""
+
+    cfg_scale: float = 3.0  # 1 means no guidance
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 250  # 0 means no top-k filtering
+
+    def __post_init__(self) -> None:
+        if self.cfg_scale < 0 or self.temperature < 0 or self.top_k < 0:
+            raise ConfigError("cfg_scale, temperature and top_k must not be negative")
+
+
+@dataclass
+class PretrainedConfig:
+    """Everything besides the weights that it takes to generate with an exported model."""
+
+    model: LMConfig
+    codec: str  # a name, hub id or folder that `load_codec` accepts
+    text_encoder: str  # a name, hub id or folder that `load_text_encoder` accepts
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    format_version: int = FORMAT_VERSION
+    trained_steps: int | None = None  # optimizer steps behind the weights, when known
+    source: str = ""  # where the weights came from, e.g. the run folder or checkpoint
+
+
+def save_pretrained(
+    model: MusicLM,
+    directory: str | Path,
+    *,
+    codec: str,
+    text_encoder: str,
+    generation: GenerationDefaults | None = None,
+    trained_steps: int | None = None,
+    source: str = "",
+) -> Path:
+    """Write `model` to `directory` (created if needed) as model.safetensors + config.json; returns the folder.
+
+    Each file is written atomically. config.json goes last and is removed first, so a folder caught
+    mid-export has no config and loads as an error, never as new weights under an old config.
+    """
+    directory = Path(directory)
+    config = PretrainedConfig(
+        model=model.cfg,
+        codec=codec,
+        text_encoder=text_encoder,
+        generation=generation or GenerationDefaults(),
+        trained_steps=trained_steps,
+        source=source,
+    )
+    (directory / CONFIG).unlink(missing_ok=True)
+    data = save_safetensors(_plain_tensors(model.state_dict()), metadata={"format": "pt"})
+    atomic_write(directory / WEIGHTS, lambda f: f.write(data))
+    write_config(directory, config)
+    return directory
+
+
+def load_pretrained(
+    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[MusicLM, PretrainedConfig]:
+    """The model (in eval mode) and its config from a folder `save_pretrained` wrote, or a hub id "owner/name".
+
+    dtype None keeps the dtype the weights were saved in. With HF_HUB_OFFLINE=1 a hub id that is
+    not in the Hugging Face cache fails at once, saying how to bring the model here.
+    """
+    directory = resolve(source)
+    _check_folder(directory)
+    config = read_config(directory)
+    state = _read_weights(directory / WEIGHTS)
+    # No random init: every tensor comes from the file. (A non-persistent buffer would stay on the
+    # meta device; the round-trip tests of every backbone would catch one.)
+    with torch.device("meta"):
+        model = MusicLM(config.model)
+    _check_state(model.state_dict(), state, directory / WEIGHTS)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval(), config
+
+
+def write_config(directory: str | Path, config: PretrainedConfig) -> Path:
+    """Write config.json atomically; returns its path."""
+    path = Path(directory) / CONFIG
+    write_json(path, to_dict(config))
+    return path
+
+
+def read_config(directory: str | Path) -> PretrainedConfig:
+    """Read and check config.json of an exported model folder."""
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not path.is_file():
+        raise PretrainedError(f"{directory} has no {CONFIG}: not a folder `ssmttm export` wrote")
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise PretrainedError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise PretrainedError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise PretrainedError(
+                f"{path}: format_version {version} is newer than this ssmttm reads ({FORMAT_VERSION}); upgrade ssmttm"
+            )
+        raise PretrainedError(f"{path}: format_version {version!r} is not one this ssmttm reads ({FORMAT_VERSION})")
+    try:
+        return from_dict(PretrainedConfig, data)
+    except ConfigError as err:
+        raise PretrainedError(f"{path}: {err}") from None
+    except TypeError:  # a required key is absent: the dataclass names it
+        missing = [key for key in ("model", "codec", "text_encoder") if key not in data]
+        raise PretrainedError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}") from None
+
+
+def resolve(source: str | Path) -> Path:
+    """The local folder of `source`: a folder as it is, or a hub id's snapshot (cached or downloaded)."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")) or not HUB_ID.fullmatch(text):
+        if not path.is_dir():
+            raise PretrainedError(f"no model folder at {path}: pass a folder `ssmttm export` wrote, or a hub id")
+        return path
+    cached = _cached_snapshot(text)
+    if cached is not None:
+        return cached
+    if offline():
+        raise PretrainedError(
+            f"cannot load model {text!r}: no local folder of that name, and it is not in the Hugging Face cache "
+            f"(HF_HUB_OFFLINE=1); {how_to_provide(text)}"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=[WEIGHTS, CONFIG]))
+    except (OSError, ValueError) as err:
+        raise PretrainedError(f"cannot download model {text!r} ({first_line(err)}); {how_to_provide(text)}") from None
+
+
+def _cached_snapshot(hub_id: str) -> Path | None:
+    """The cached snapshot folder holding both files of `hub_id`, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(hub_id, name) for name in (CONFIG, WEIGHTS)]
+    if not all(isinstance(f, str) for f in found):
+        return None
+    folders = {Path(f).parent for f in found}
+    return folders.pop() if len(folders) == 1 else None
+
+
+def _check_folder(directory: Path) -> None:
+    if not directory.is_dir():
+        raise PretrainedError(f"no model folder at {directory}")
+    missing = [name for name in (CONFIG, WEIGHTS) if not (directory / name).is_file()]
+    if missing:
+        files = " or ".join(missing)
+        raise PretrainedError(f"{directory} has no {files}: not a complete export (`ssmttm export` writes both)")
+
+
+def _plain_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors, each with its own storage (safetensors refuses shared ones)."""
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in state.items():
+        tensor = value.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    return tensors
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise PretrainedError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
+
+
+def _check_state(expected: dict[str, Tensor], found: dict[str, Tensor], path: Path) -> None:
+    """One line naming the first few missing, unexpected or mis-shaped tensors, if any."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if problems:
+        raise PretrainedError(f"{path} does not match its config.json: {'; '.join(problems)}")
+    shapes = [
+        f"{key} {tuple(found[key].shape)} (config says {tuple(expected[key].shape)})"
+        for key in expected
+        if found[key].shape != expected[key].shape
+    ]
+    if shapes:
+        raise PretrainedError(f"{path} does not match its config.json: shape of {_few(shapes)}")
+
+
+def _few(items: list[Any], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(map(str, items[:limit])) + more
