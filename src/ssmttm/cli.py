@@ -11,6 +11,8 @@ from ssmttm.codecs.command import add_codec_commands
 from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.lm import count_parameters
+from ssmttm.training.command import add_training_commands
+from ssmttm.training.plot import add_plot_command
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -152,11 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(run=_summary)
     _add_data_commands(commands)
     add_codec_commands(commands)
+    add_training_commands(commands)
+    add_plot_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":  # config overrides: --optim.lr=3e-4 --model.backbone.n_layers=8
+        bad = [item for item in extra if not (item.startswith("--") and "=" in item)]
+        if bad:
+            parser.error(f"train: {bad[0]!r} is not an option or a --key.sub=value override")
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.run(args)

@@ -1,0 +1,116 @@
+"""The training config: model, data, optimizer, schedule and run settings, typed, from YAML.
+
+`model:` in a YAML file is either a preset name (`tiny-simba`) or a full model mapping; dotted
+overrides (`--optim.lr=3e-4`, `--model.backbone.n_layers=8`) apply after the preset is expanded,
+so the resolved config saved with a run is complete and rebuilds it without the preset files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ssmttm.config import ConfigError, LMConfig, apply_overrides, from_dict, load_preset, to_dict
+
+
+@dataclass
+class DataConfig:
+    collection: str = ""  # a folder written by `ssmttm data prepare`
+    train_split: str = "train"
+    val_split: str = "validation"
+    window_seconds: float = 10.0  # training crop; clips shorter than it are padded (padding is not learned)
+    text_encoder: str = "minilm"  # short name, hub id or folder; its embeddings are cached once per caption
+    max_text_tokens: int = 0  # 0: the encoder's own limit
+    embedding_cache: str = ""  # default: <collection>/text-embeddings
+    workers: int = 2  # data-loader processes
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; the defaults are the paper's."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7
+    grad_clip: float = 0.0  # max global grad norm; 0 = no clipping, as in the release
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak at `max_steps`."""
+
+    max_steps: int = 100_000
+    warmup_steps: int = 500
+    final_lr_fraction: float = 0.005
+
+
+@dataclass
+class RunConfig:
+    batch_size: int = 128  # effective batch, over devices and gradient accumulation
+    micro_batch_size: int = 16  # per device and forward pass
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 where supported
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    seed: int = 0
+    log_every: int = 10  # steps between train-loss rows
+    val_every: int = 1000  # steps between validations (and at the end)
+    val_batches: int = 0  # micro-batches per validation; 0 = the whole split
+    checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
+    max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class TrainConfig:
+    model: LMConfig = field(default_factory=LMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        run = self.run
+        per_pass = run.micro_batch_size * run.devices * run.num_nodes
+        if min(run.batch_size, run.micro_batch_size, run.devices, run.num_nodes) < 1:
+            raise ConfigError("run.batch_size, micro_batch_size, devices and num_nodes must be positive")
+        if run.batch_size % per_pass:
+            raise ConfigError(
+                f"run.batch_size {run.batch_size} is not a multiple of micro_batch_size x devices x nodes ({per_pass})"
+            )
+        if self.schedule.max_steps < 1 or self.schedule.warmup_steps < 0:
+            raise ConfigError("schedule.max_steps must be positive and warmup_steps not negative")
+        if min(run.log_every, run.val_every, run.checkpoint_every, run.max_bad_steps) < 1:
+            raise ConfigError("run.log_every, val_every, checkpoint_every and max_bad_steps must be positive")
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer step on each device."""
+        run = self.run
+        return run.batch_size // (run.micro_batch_size * run.devices * run.num_nodes)
+
+
+def resolve(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """A TrainConfig from a YAML mapping: expands a `model:` preset name, then applies overrides."""
+    data = dict(data)
+    if isinstance(data.get("model"), str):
+        data["model"] = to_dict(load_preset(data["model"]))
+    return from_dict(TrainConfig, apply_overrides(data, [o.removeprefix("--") for o in overrides or []]))
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return resolve(data, overrides)

@@ -1,0 +1,397 @@
+"""The training loop, on Lightning Fabric: devices, DDP/FSDP, precision and launching come from
+Lightning; the loop is ours, because exact resume and the non-finite guard need to own every step.
+What a run writes is described in training/layout.py.
+
+Exactness: each micro-batch seeds Python, NumPy and torch from (seed, step, micro-batch, rank),
+the data order is a function of (seed, epoch) and the position is saved, so a resumed run takes
+the same steps, bit for bit, as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssmttm.config import ConfigError, save_yaml, to_dict
+from ssmttm.data.dataset import TokenWindows
+from ssmttm.data.shards import TokenStore
+from ssmttm.files import write_json, write_text
+from ssmttm.lm import MusicLM
+from ssmttm.text import EmbeddingCache, load_text_encoder
+from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from ssmttm.training.config import TrainConfig, resolve
+from ssmttm.training.data import CaptionedWindows, EncoderKey, EpochSampler, TrainBatches, collate, fill_cache
+from ssmttm.training.flops import forward_flops
+from ssmttm.training.layout import (
+    CHECKPOINT_DIR,
+    CONFIG,
+    LAST,
+    METRIC_FIELDS,
+    METRICS,
+    RUN_INFO,
+    TENSORBOARD,
+    last_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what is left on disk."""
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, final: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to `final` x peak at `max_steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seed_micro_batch(seed: int, step: int, micro: int, rank: int) -> None:
+    """Dropout and caption dropout draw from the global RNGs: make them a function of the position."""
+    mixed = ((seed * 1_000_003 + step) * 10_007 + micro) * 101 + rank
+    random.seed(mixed)
+    np.random.seed(mixed % 2**32)
+    torch.manual_seed(mixed % 2**63)
+
+
+def build_fabric(config: TrainConfig):
+    from lightning.fabric import Fabric
+
+    run = config.run
+    precision = run.precision
+    if precision == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and run.accelerator != "cpu"
+        precision = "bf16-mixed" if bf16 else "32-true"
+    strategy = run.strategy
+    if strategy == "auto" and run.devices * run.num_nodes > 1:
+        strategy = "ddp"
+    return Fabric(
+        accelerator=run.accelerator,
+        devices=run.devices,
+        num_nodes=run.num_nodes,
+        strategy=strategy,
+        precision=precision,  # type: ignore[arg-type]
+    )
+
+
+class Trainer:
+    """Train `config` in `run_dir`, resuming from its last checkpoint when there is one."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, fabric=None, config_may_change: bool = False) -> None:
+        """config_may_change: resuming with overrides (say, more steps) is deliberate, not a mix-up
+        of run folders; without it a run folder only continues under the config it was started with."""
+        self.config, self.run_dir = config, Path(run_dir)
+        self.config_may_change = config_may_change
+        self.fabric = fabric or build_fabric(config)
+        self.counters = Counters()
+        self._flops: dict[tuple[int, int], float] = {}
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _check_run_dir(self) -> None:
+        saved = self.run_dir / CONFIG
+        if saved.is_file() and not self.config_may_change:
+            import yaml
+
+            if resolve(yaml.safe_load(saved.read_text())) != self.config:
+                raise ConfigError(
+                    f"{self.run_dir} holds a run with another config; use a new --out folder, "
+                    f"or `ssmttm train --resume {self.run_dir}` to go on with its own"
+                )
+
+    def _data(self):
+        cfg, fabric = self.config, self.fabric
+        data = cfg.data
+        if not data.collection:
+            raise ConfigError("data.collection is not set: the folder `ssmttm data prepare` wrote")
+        store = TokenStore(data.collection)
+        codec = store.manifest["codec"]
+        if codec["cardinality"] != cfg.model.cardinality or codec["num_codebooks"] < cfg.model.num_codebooks:
+            raise ConfigError(
+                f"the collection's codec has {codec['num_codebooks']} codebooks of {codec['cardinality']}; "
+                f"the model wants {cfg.model.num_codebooks} of {cfg.model.cardinality}"
+            )
+        frames = max(1, round(float(codec["frame_rate"]) * data.window_seconds))
+        windows = {
+            split: TokenWindows(
+                data.collection, split, frames, cfg.model.num_codebooks, cfg.model.special_token, cfg.run.seed
+            )
+            for split in (data.train_split, data.val_split)
+        }
+        encoder = load_text_encoder(data.text_encoder, "cpu", data.max_text_tokens or None)
+        if encoder.dim != cfg.model.text_dim:
+            raise ConfigError(
+                f"text encoder {data.text_encoder} gives {encoder.dim}-d embeddings; "
+                f"model.text_dim is {cfg.model.text_dim}"
+            )
+        cache = EmbeddingCache(data.embedding_cache or Path(data.collection) / "text-embeddings")
+        if fabric.global_rank == 0:  # one process encodes; the others read the files it wrote
+            captions = [r["caption"] for w in windows.values() for r in w.records]
+            fill_cache(encoder, cache, captions)
+        fabric.barrier()
+        key = EncoderKey(encoder.id, encoder.dim)
+        train = CaptionedWindows(windows[data.train_split], cache, key)
+        val = CaptionedWindows(windows[data.val_split], cache, key)
+        sampler = EpochSampler(
+            len(train), cfg.run.micro_batch_size, cfg.run.seed, fabric.global_rank, fabric.world_size
+        )
+        self.batches = TrainBatches(train, sampler, data.workers)
+        self.val_items = val
+        self.info = {
+            "codec": codec,
+            "text_encoder": data.text_encoder,
+            "text_encoder_id": encoder.id,
+            "window_frames": frames,
+        }
+
+    def _model(self):
+        cfg = self.config
+        torch.manual_seed(cfg.run.seed)  # the same initial weights for every run of this config
+        lm = MusicLM(cfg.model)
+        optim = cfg.optim
+        decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+        no_decay = [p for n, p in lm.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim.lr,
+            betas=(optim.beta1, optim.beta2),
+            eps=optim.eps,
+        )
+        model, optimizer = self.fabric.setup(lm, optimizer)
+        model.mark_forward_method("compute_loss")  # so DDP sees the training step as a forward
+        sched = cfg.schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, sched.warmup_steps, sched.max_steps, sched.final_lr_fraction)
+        )
+        self.lm, self.model, self.optimizer, self.scheduler = lm, model, optimizer, scheduler
+
+    def _restore(self) -> bool:
+        path = last_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        rest = load_checkpoint(self.fabric, path, {"model": self.model, "optimizer": self.optimizer})
+        self.scheduler.load_state_dict(rest["scheduler"])
+        self.batches.load_state_dict(rest["data"])
+        self.counters = Counters(**rest["counters"])
+        set_rng_states(rest["rng"])
+        log.info("resumed %s at step %d", self.run_dir, self.counters.step)
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def fit(self) -> Counters:
+        fabric, cfg = self.fabric, self.config
+        if not fabric._launched:  # with several devices this starts the other processes (running this command)
+            fabric.launch()
+        if fabric.global_rank == 0:
+            self._check_run_dir()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        fabric.barrier()
+        self._data()
+        self._model()
+        resumed = self._restore()
+        if fabric.global_rank == 0:
+            save_yaml(cfg, self.run_dir / CONFIG)
+            write_json(self.run_dir / RUN_INFO, self.info)
+        self.logger = _Logger(self.run_dir, self.counters.step, resumed, fabric.global_rank == 0)
+        try:
+            self._loop()
+        finally:
+            self.logger.close()
+        return self.counters
+
+    def _loop(self) -> None:
+        fabric, cfg, c = self.fabric, self.config, self.counters
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=cfg.schedule.max_steps, initial=c.step, desc="train", unit="step", disable=fabric.global_rank != 0
+        )
+        stream = iter(self.batches)
+        self.model.train()
+        while c.step < cfg.schedule.max_steps:
+            start = time.perf_counter()
+            loss, tokens, flops, ok = self._train_step(stream)
+            c.wall_s += time.perf_counter() - start
+            c.tokens += tokens
+            c.flops += flops
+            if not ok:
+                c.skipped_steps += 1
+                c.bad_streak += 1
+                log.warning("step %d: non-finite loss or gradient; skipped (%d in a row)", c.step + 1, c.bad_streak)
+                if c.bad_streak >= cfg.run.max_bad_steps:
+                    self._checkpoint()  # the parameters are still the last good ones: no bad step touched them
+                    raise TrainingError(
+                        f"stopped at step {c.step}: {c.bad_streak} consecutive steps had a non-finite loss or "
+                        f"gradient; last good checkpoint: {self.run_dir / CHECKPOINT_DIR / LAST}"
+                    )
+                continue
+            c.bad_streak = 0
+            c.step += 1
+            lr = self.scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{c.tokens / max(c.wall_s, 1e-9):.0f}")
+            if c.step % cfg.run.log_every == 0:
+                self.logger.write("train", c, loss, lr)
+            last = c.step == cfg.schedule.max_steps
+            if c.step % cfg.run.val_every == 0 or last:
+                self.logger.write("val", c, self.validate(), lr)
+                self.model.train()
+            if c.step % cfg.run.checkpoint_every == 0 or last:
+                self._checkpoint()
+        bar.close()
+
+    def _train_step(self, stream) -> tuple[float, int, float, bool]:
+        """One optimizer step over `accumulation` micro-batches: (mean loss, tokens, FLOPs, finite)."""
+        fabric, cfg, c = self.fabric, self.config, self.counters
+        accumulation = cfg.accumulation
+        total, tokens, flops = 0.0, 0, 0.0
+        for micro in range(accumulation):
+            batch = fabric.to_device(next(stream))
+            seed_micro_batch(cfg.run.seed, c.step, micro, fabric.global_rank)
+            syncless = fabric.world_size > 1 and micro < accumulation - 1  # all-reduce once, after the last one
+            with fabric.no_backward_sync(self.model, enabled=syncless):
+                out = self.model.compute_loss(batch["codes"], batch["text"], batch["text_mask"])
+                fabric.backward(out.loss / accumulation)
+            total += float(out.loss.detach())
+            b, _, frames = batch["codes"].shape
+            tokens += b * frames
+            flops += 3 * b * self._forward_flops(frames, batch["text"].shape[1])
+        world = fabric.world_size
+        finite = torch.tensor(float(math.isfinite(total) and self._grads_finite()), device=fabric.device)
+        finite = bool(fabric.all_reduce(finite, reduce_op="min")) if world > 1 else bool(finite)
+        if finite:
+            if cfg.optim.grad_clip > 0:
+                fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = total / accumulation
+        if world > 1:
+            loss = float(fabric.all_reduce(torch.tensor(loss, device=fabric.device), reduce_op="mean"))
+        return loss, tokens * world, flops * world, finite
+
+    def _forward_flops(self, frames: int, text_len: int) -> float:
+        """The formula per batch shape, remembered: captions come in a handful of lengths."""
+        key = (frames, text_len)
+        if key not in self._flops:
+            self._flops[key] = forward_flops(self.config.model, frames, text_len)
+        return self._flops[key]
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for p in self.lm.parameters() if p.grad is not None]
+        return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Plain cross-entropy (no label smoothing), summed over codebooks, on the validation split.
+
+        Windows come from epoch 0 of the split's crops, so every validation sees the same data.
+        """
+        fabric, cfg = self.fabric, self.config
+        self.model.eval()
+        indices = list(range(fabric.global_rank, len(self.val_items), fabric.world_size))
+        size = cfg.run.micro_batch_size
+        batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        if cfg.run.val_batches:
+            batches = batches[: cfg.run.val_batches]
+        sums = torch.zeros(cfg.model.num_codebooks, dtype=torch.float64, device=fabric.device)
+        counts = torch.zeros_like(sums)
+        for chunk in batches:
+            batch = fabric.to_device(collate([self.val_items[i] for i in chunk]))
+            out = self.lm.compute_loss(batch["codes"], batch["text"], batch["text_mask"], label_smoothing=0.0)
+            sums += out.per_codebook.double() * out.num_tokens
+            counts += out.num_tokens
+        if fabric.world_size > 1:
+            sums, counts = fabric.all_reduce(sums, reduce_op="sum"), fabric.all_reduce(counts, reduce_op="sum")
+        return float((sums / counts.clamp(min=1)).sum())
+
+    def _checkpoint(self) -> None:
+        state = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.batches.state_dict(),
+            "counters": self.counters.to_dict(),
+            "rng": rng_states(),
+            "config": to_dict(self.config),
+        }
+        save_checkpoint(self.fabric, self.run_dir / CHECKPOINT_DIR / LAST, state)
+
+
+class _Logger:
+    """metrics.csv and TensorBoard, on rank 0. A resumed run first drops the rows its killed
+    predecessor wrote after the checkpoint, so each step appears once."""
+
+    def __init__(self, run_dir: Path, step: int, resumed: bool, active: bool) -> None:
+        self.active = active
+        if not active:
+            return
+        path = run_dir / METRICS
+        rows = []
+        if resumed and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        header = ",".join(METRIC_FIELDS) + "\n"
+        write_text(path, header + "".join(",".join(r[k] for k in METRIC_FIELDS) + "\n" for r in rows))
+        self.file = path.open("a", newline="")
+        self.csv = csv.DictWriter(self.file, METRIC_FIELDS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step + 1 if resumed else None)
+
+    def write(self, kind: str, c: Counters, loss: float, lr: float) -> None:
+        if not self.active:
+            return
+        self.csv.writerow(
+            {
+                "kind": kind,
+                "step": c.step,
+                "loss": repr(loss),
+                "tokens": c.tokens,
+                "flops": repr(c.flops),
+                "wall_s": f"{c.wall_s:.3f}",
+                "lr": repr(lr),
+            }
+        )
+        self.file.flush()
+        self.tb.add_scalar(f"{kind}/loss", loss, c.step)
+        if kind == "val":
+            self.tb.add_scalar("val/loss_vs_flops", loss, int(c.flops))
+            self.tb.add_scalar("val/tokens", c.tokens, c.step)
+            self.tb.add_scalar("val/wall_s", c.wall_s, c.step)
+        else:
+            self.tb.add_scalar("train/lr", lr, c.step)
+            self.tb.add_scalar("train/tokens_per_s", c.tokens / max(c.wall_s, 1e-9), c.step)
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+            self.tb.close()
+
+
+def unigram_cross_entropy(train: TokenWindows, val: TokenWindows, cardinality: int) -> float:
+    """The baseline a model must beat: each codebook's unigram distribution from the training
+    tokens (add-one smoothed), its cross-entropy on the validation tokens, summed over codebooks."""
+
+    def counts(windows: TokenWindows) -> Tensor:
+        total = torch.zeros(windows.num_codebooks, cardinality, dtype=torch.float64)
+        for record in windows.records:
+            tokens = torch.from_numpy(windows.store.tokens(record)[: windows.num_codebooks].astype(np.int64))
+            for k in range(windows.num_codebooks):
+                total[k] += torch.bincount(tokens[k], minlength=cardinality)
+        return total
+
+    train_counts, val_counts = counts(train) + 1, counts(val)
+    log_p = (train_counts / train_counts.sum(dim=1, keepdim=True)).log()
+    return float((-(val_counts * log_p).sum(dim=1) / val_counts.sum(dim=1)).sum())
