@@ -75,6 +75,10 @@ def build_fabric(config: TrainConfig):
     strategy = run.strategy
     if strategy == "auto" and run.devices * run.num_nodes > 1:
         strategy = "ddp"
+    if strategy == "fsdp":  # gathered into one file, so checkpoints stay single files renamed into place
+        from lightning.fabric.strategies import FSDPStrategy
+
+        strategy = FSDPStrategy(state_dict_type="full")
     return Fabric(
         accelerator=run.accelerator,
         devices=run.devices,
