@@ -58,3 +58,17 @@ def test_revert_of_a_truncated_array_fills_lost_frames_with_special():
 def test_wrong_codebook_count_is_a_clear_error():
     with pytest.raises(ValueError, match="pattern is for 4 codebooks, got 2"):
         make_pattern("delay", 4, S).build(torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["delay", "parallel"])
+def test_streaming_revert_gives_each_frame_once_its_last_codebook_arrives(name):
+    from ssmttm.patterns import StreamingRevert
+
+    pattern = make_pattern(name, 4, 99)
+    codes = torch.randint(0, 50, (2, 4, 13))
+    seq = pattern.build(codes)
+    revert = StreamingRevert(pattern)
+    pieces = [revert.push(seq[..., s]) for s in range(seq.shape[-1])]
+    assert [p.shape[-1] for p in pieces] == [0] * pattern.max_shift + [1] * 13
+    assert torch.equal(torch.cat(pieces, dim=-1), codes)
+    assert len(revert._columns) == pattern.max_shift + 1  # bounded, whatever the length

@@ -10,6 +10,7 @@ from pathlib import Path
 from ssmttm.codecs.command import add_codec_commands
 from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.data.synth.command import add_synth_command
+from ssmttm.generation.command import add_generate_command
 from ssmttm.lm import count_parameters
 from ssmttm.training.command import add_training_commands
 from ssmttm.training.plot import add_plot_command
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     add_codec_commands(commands)
     add_training_commands(commands)
+    add_generate_command(commands)
     add_plot_command(commands)
     return parser
 

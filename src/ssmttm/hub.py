@@ -3,7 +3,9 @@ need to fail fast and say how to bring a model here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 
 def offline() -> bool:
@@ -28,3 +30,18 @@ def first_line(err: BaseException, limit: int = 160) -> str:
     """An exception's first line, for one-line errors (transformers' messages run to paragraphs)."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' per-tensor "Loading weights" bar off while a frozen part loads: it is noise
+    in a command's output, and it would split our one-line errors over several lines."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

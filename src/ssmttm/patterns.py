@@ -77,6 +77,30 @@ class CodebookPattern:
             raise ValueError(f"pattern is for {self.num_codebooks} codebooks, got {num_codebooks}")
 
 
+class StreamingRevert:
+    """`revert` one column at a time: push sequence columns (B, K) as they are generated, get back
+    the frames (B, K, n) they complete. A frame is complete once its most-shifted codebook has
+    arrived, so at most `max_shift` columns are held, whatever the length."""
+
+    def __init__(self, pattern: CodebookPattern) -> None:
+        self.pattern = pattern
+        self._columns: list[Tensor] = []  # the last max_shift + 1 columns, oldest first
+        self._pushed = 0
+
+    def push(self, column: Tensor) -> Tensor:
+        """column (B, K), the next one -> (B, K, 1) with the frame it completes, or (B, K, 0)."""
+        pattern = self.pattern
+        keep = self._columns[max(0, len(self._columns) - pattern.max_shift) :]  # ([-0:] would keep all)
+        self._columns = [*keep, column]
+        self._pushed += 1
+        frame = self._pushed - 1 - pattern.max_shift  # the frame whose last codebook this column holds
+        if frame < 0:
+            return column.new_empty((*column.shape, 0))
+        first = self._pushed - len(self._columns)  # absolute index of the oldest column held
+        rows = [self._columns[frame + shift - first][:, k] for k, shift in enumerate(pattern.shifts)]
+        return torch.stack(rows, dim=1)[..., None]
+
+
 def make_pattern(name: str, num_codebooks: int, special: int) -> CodebookPattern:
     if name == "delay":
         return CodebookPattern(tuple(k + 1 for k in range(num_codebooks)), special)

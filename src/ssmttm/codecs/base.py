@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ssmttm.data.audio import resample
-from ssmttm.hub import first_line, how_to_provide
+from ssmttm.hub import first_line, how_to_provide, quiet_loading
 
 if TYPE_CHECKING:
     from ssmttm.codecs.streaming import StreamDecoder
@@ -176,7 +176,8 @@ def load_pretrained(model_class, source: str, what: str):
     """`model_class.from_pretrained(source)`: a local folder, or a hub id (from the cache when
     offline). A source that cannot be had is one CodecError saying how to provide it."""
     try:
-        return model_class.from_pretrained(source)
+        with quiet_loading():
+            return model_class.from_pretrained(source)
     except (OSError, ValueError) as err:
         hub_id = "descript/dac_44khz" if Path(source).exists() else source
         raise CodecError(f"cannot load {what} from {source!r} ({first_line(err)}); {how_to_provide(hub_id)}") from None

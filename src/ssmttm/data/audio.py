@@ -57,11 +57,11 @@ def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int, subtype: str
     path = Path(path)
     data = np.asarray(wav, dtype=np.float32)
     data = data.T if data.ndim == 2 else data
-    fmt = _format(path)
+    fmt = audio_format(path)
     atomic_write(path, lambda f: sf.write(f, data, sample_rate, subtype=subtype, format=fmt))
 
 
-def _format(path: Path) -> str:
+def audio_format(path: Path) -> str:
     formats = {".wav": "WAV", ".flac": "FLAC", ".mp3": "MP3", ".ogg": "OGG"}
     try:
         return formats[path.suffix.lower()]

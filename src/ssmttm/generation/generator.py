@@ -8,22 +8,15 @@ SSM backbones (a fixed-size state) and grows with the KV cache for the transform
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssmttm.generation.sampling import classifier_free_guidance, sample
+from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
-
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 1.0  # 0 means greedy
-    cfg_scale: float = 3.0  # 1 means no guidance: the unconditional branch is not run at all
 
 
 class Generator:
@@ -44,11 +37,15 @@ class Generator:
         text_mask: Tensor | None,
         num_frames: int,
         sampling: SamplingConfig | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         progress: bool = False,
+        prompt: Tensor | None = None,
     ) -> Tensor:
-        """text (B, L, text_dim), left-padded with text_mask (B, L) -> codes (B, K, num_frames)."""
-        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress))
+        """text (B, L, text_dim), left-padded with text_mask (B, L) -> codes (B, K, num_frames).
+
+        `prompt` (B, K, P), P <= num_frames: frames to continue; the output starts with them.
+        """
+        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt))
         return self.lm.pattern.revert(torch.stack(columns, dim=-1), num_frames)
 
     @torch.no_grad()
@@ -58,10 +55,17 @@ class Generator:
         text_mask: Tensor | None,
         num_frames: int,
         sampling: SamplingConfig | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         progress: bool = False,
+        prompt: Tensor | None = None,
     ) -> Iterator[Tensor]:
-        """Yield the pattern sequence one column (B, K) at a time, special ids included."""
+        """Yield the pattern sequence one column (B, K) at a time, special ids included.
+
+        seed: one per row, or an int s giving row i the seed s + i, so a prompt's result does not
+        depend on what else is in the batch. With a `prompt` (B, K, P), the columns it fills
+        entirely are run in parallel by `prefill`; in the columns it fills in part (the delay
+        pattern's staircase) its tokens overwrite the sampled ones.
+        """
         sampling = sampling or SamplingConfig()
         pattern = self.lm.pattern
         batch = text.shape[0]
@@ -71,26 +75,60 @@ class Generator:
         if guided:  # the unconditional twin of each row: no real text, i.e. the null condition
             text = torch.cat([text, torch.zeros_like(text)])
             text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
-        generator = None if seed is None else torch.Generator(text.device).manual_seed(seed)
+        generators = _row_generators(seed, batch, text.device)
         valid = pattern.valid_mask(num_frames, device=text.device)  # (K, S)
-        logits, state = self.lm.prefill(text, text_mask)
         length = valid.shape[1]
-        for s in tqdm(range(length), disable=not progress, desc="generating", unit="step"):
+        known, given = self._prompt_columns(prompt, num_frames, length, batch, text.device)
+        full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the prompt fills entirely
+        seq = given[..., :full]
+        logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq)
+        for s in range(full):
+            yield given[..., s]
+        for s in tqdm(range(full, length), disable=not progress, desc="generating", unit="step"):
             if guided:
                 logits = classifier_free_guidance(logits[:batch], logits[batch:], sampling.cfg_scale)
-            tokens = self._sample_column(logits, valid[:, s], sampling, generator)
+            tokens = self._sample_column(logits, valid[:, s], sampling, generators)
+            tokens = torch.where(known[:, s], given[..., s], tokens)
             yield tokens
             if s + 1 < length:
                 logits, state = self.lm.step(torch.cat([tokens, tokens]) if guided else tokens, state)
 
-    def _sample_column(
-        self, logits: Tensor, valid: Tensor, sampling: SamplingConfig, generator: torch.Generator | None
-    ) -> Tensor:
+    def _prompt_columns(
+        self, prompt: Tensor | None, num_frames: int, length: int, batch: int, device
+    ) -> tuple[Tensor, Tensor]:
+        """known (K, S): positions the prompt fixes; given (B, K, S): the prompt in pattern order."""
+        pattern, special = self.lm.pattern, self.lm.cfg.special_token
+        if prompt is None:
+            return (
+                torch.zeros(pattern.num_codebooks, length, dtype=torch.bool, device=device),
+                torch.full((batch, pattern.num_codebooks, length), special, dtype=torch.long, device=device),
+            )
+        if prompt.dim() != 3 or prompt.shape[:2] != (batch, pattern.num_codebooks) or prompt.shape[2] > num_frames:
+            raise ValueError(
+                f"prompt codes must be (B={batch}, K={pattern.num_codebooks}, P <= {num_frames}), "
+                f"got {tuple(prompt.shape)}"
+            )
+        frames = prompt.shape[2]
+        padded = torch.cat(
+            [prompt.to(device), prompt.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1
+        )
+        return pattern.valid_mask(frames, length, device=device), pattern.build(padded)
+
+    def _sample_column(self, logits: Tensor, valid: Tensor, sampling: SamplingConfig, generators) -> Tensor:
         """logits (B, K, V) -> tokens (B, K): sampled where the pattern holds a real frame."""
         special = self.lm.cfg.special_token
         if not bool(valid.any()):
             return torch.full(logits.shape[:2], special, dtype=torch.long, device=logits.device)
         logits = logits.clone()
         logits[..., special] = -torch.inf  # the special id is never audio
-        tokens = sample(logits, sampling.temperature, generator)
+        tokens = sample(logits, sampling.temperature, generators, sampling.top_k, sampling.top_p)
         return torch.where(valid[None, :], tokens, special)
+
+
+def _row_generators(seed: int | Sequence[int] | None, batch: int, device) -> list[torch.Generator] | None:
+    if seed is None:
+        return None
+    seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for {batch} prompts")
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 means greedy
+    cfg_scale: float = 3.0  # 1 means no guidance: the unconditional branch is not run at all
+    top_k: int = 0  # keep the k most likely tokens; 0 means off
+    top_p: float = 0.0  # keep the smallest set of tokens whose probability reaches p; 0 means off
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and self.cfg_scale >= 0 and self.top_k >= 0 and 0 <= self.top_p <= 1):
+            raise ValueError(
+                f"sampling out of range: temperature {self.temperature} and cfg_scale {self.cfg_scale} must be >= 0, "
+                f"top_k {self.top_k} >= 0, top_p {self.top_p} in [0, 1]"
+            )
 
 
 def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -11,10 +29,44 @@ def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tens
     return uncond + scale * (cond - uncond)
 
 
-def sample(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
-    """logits (..., V) -> token ids (...). Temperature 0 means greedy (argmax)."""
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 0.0) -> Tensor:
+    """logits (..., V) with everything outside the top k, or outside the nucleus of mass top_p, at -inf.
+
+    The most likely token always survives, so top_k 1 (or a tiny top_p) is greedy decoding.
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if 0 < top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
+        ordered = ordered.masked_fill(before >= top_p, -torch.inf)
+        logits = torch.full_like(logits, -torch.inf).scatter(-1, order, ordered)
+    return logits
+
+
+def sample(
+    logits: Tensor,
+    temperature: float,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    top_k: int = 0,
+    top_p: float = 0.0,
+) -> Tensor:
+    """logits (B, ..., V) -> token ids (B, ...). Temperature 0 means greedy (argmax).
+
+    Sampling is the Gumbel-max trick: argmax(logits / T + Gumbel noise) draws from softmax(logits / T),
+    and lets each row take its noise from its own generator (one seed per prompt), while the
+    argmax runs over the whole batch and every codebook at once.
+    """
+    logits = filter_logits(logits.float(), top_k, top_p)
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-    return flat.view(logits.shape[:-1])
+    if isinstance(generator, Sequence):
+        if len(generator) != logits.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
+        uniform = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device) for g in generator])
+    else:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
+    return (logits / temperature + gumbel).argmax(dim=-1)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssmttm.hub import cached_config, first_line, how_to_provide, offline
+from ssmttm.hub import cached_config, first_line, how_to_provide, offline, quiet_loading
 from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens
 
 # Tokenizers that declare no real limit (ByT5's is 1e30) fall back to this.
@@ -87,9 +87,10 @@ def load_pretrained(model_class: Any, source: str) -> tuple[Any, Any]:
 
     check_available(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        # float() rather than a dtype argument: its name changed across transformers versions
-        model = model_class.from_pretrained(source).float()
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            # float() rather than a dtype argument: its name changed across transformers versions
+            model = model_class.from_pretrained(source).float()
     except (OSError, ValueError) as err:
         raise TextEncoderError(f"cannot load text encoder {source!r}: {first_line(err)}") from None
     return model, tokenizer

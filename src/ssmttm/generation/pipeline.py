@@ -1,0 +1,231 @@
+"""Text in, music out: `TextToMusic` ties an exported LM to its codec and text encoder.
+
+    model = TextToMusic.from_pretrained("models/demo")          # a folder or a hub id
+    wavs = model.generate(["calm piano with soft strings"], duration=10.0, seed=0)   # (B, 1, N)
+    for chunk in model.stream("fast funk", duration=60.0): ...  # audio while it is generated
+    model.generate_to_file("slow ambient", "long.flac", duration=600.0)  # memory flat in duration
+
+Settings left out come from the model's saved generation defaults (ssmttm.pretrained). Long
+generation carries the SSM state and decodes audio chunk by chunk through the codec's streaming
+decoder, so nothing grows with the duration except the output file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from ssmttm.codecs import Codec, load_codec
+from ssmttm.generation.generator import Generator
+from ssmttm.generation.sampling import SamplingConfig
+from ssmttm.lm import MusicLM
+from ssmttm.patterns import StreamingRevert
+from ssmttm.pretrained import GenerationDefaults, PretrainedConfig, load_pretrained, save_pretrained
+from ssmttm.text import TextEncoder, load_text_encoder
+
+MAX_DURATION_S = 3600.0  # a guard against typos (600000 s), not a limit of the method
+
+
+class GenerationError(ValueError):
+    """A request that cannot be generated: the message says which argument and why."""
+
+
+def check_duration(duration: float, maximum: float = MAX_DURATION_S) -> None:
+    if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+        raise GenerationError(f"duration must be a positive number of seconds, got {duration!r}")
+    if duration > maximum:
+        raise GenerationError(f"duration {duration:g} s is above the maximum of {maximum:g} s")
+
+
+class TextToMusic:
+    def __init__(
+        self,
+        lm: MusicLM,
+        codec: Codec,
+        text_encoder: TextEncoder,
+        config: PretrainedConfig,
+        weight_dtype: torch.dtype | None = None,
+        max_duration: float = MAX_DURATION_S,
+    ) -> None:
+        if codec.num_codebooks != lm.cfg.num_codebooks or codec.cardinality != lm.cfg.cardinality:
+            raise GenerationError(
+                f"codec {codec.name} gives {codec.num_codebooks} x {codec.cardinality} codes; the model reads "
+                f"{lm.cfg.num_codebooks} x {lm.cfg.cardinality}"
+            )
+        if text_encoder.dim != lm.cfg.text_dim:
+            raise GenerationError(
+                f"text encoder gives {text_encoder.dim}-d embeddings; the model reads {lm.cfg.text_dim}"
+            )
+        self.lm, self.codec, self.text_encoder, self.config = lm.eval(), codec, text_encoder, config
+        self.generator = Generator(lm, weight_dtype)
+        self.max_duration = max_duration
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, device: str = "cpu", weight_dtype: torch.dtype | None = None
+    ) -> TextToMusic:
+        """An exported model (folder or hub id) with the codec and text encoder its config names."""
+        lm, config = load_pretrained(source, device=device, dtype=torch.float32)
+        codec = load_codec(config.codec, lm.cfg.num_codebooks, device=device)
+        text_encoder = load_text_encoder(config.text_encoder, device)
+        return cls(lm, codec, text_encoder, config, weight_dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_pretrained(
+            self.lm,
+            directory,
+            codec=self.config.codec,
+            text_encoder=self.config.text_encoder,
+            generation=self.config.generation,
+            trained_steps=self.config.trained_steps,
+            source=self.config.source,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def sampling(
+        self,
+        cfg_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> SamplingConfig:
+        """The saved defaults with the given settings on top; out-of-range values are a GenerationError."""
+        defaults: GenerationDefaults = self.config.generation
+        try:
+            return SamplingConfig(
+                temperature=defaults.temperature if temperature is None else temperature,
+                cfg_scale=defaults.cfg_scale if cfg_scale is None else cfg_scale,
+                top_k=defaults.top_k if top_k is None else top_k,
+                top_p=0.0 if top_p is None else top_p,
+            )
+        except ValueError as err:
+            raise GenerationError(str(err)) from None
+
+    def num_frames(self, duration: float) -> int:
+        """Codec frames for `duration` seconds; a GenerationError when it is not a usable duration."""
+        check_duration(duration, self.max_duration)
+        return max(1, math.ceil(duration * self.frame_rate))
+
+    def _text(self, prompts: str | Sequence[str]) -> tuple[list[str], Tensor, Tensor]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise GenerationError("no prompt given")
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise GenerationError(f"empty prompt {prompt!r}: describe the music to generate")
+        emb, mask = self.text_encoder.embed(prompts)  # warns when a prompt is truncated
+        return prompts, emb, mask
+
+    def _continuation(self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, frames: int):
+        """Codes (B, K, P) of the clip to continue, the same clip for every prompt."""
+        if audio is None:
+            return None
+        if rate is None:
+            raise GenerationError("continuation audio needs its sample rate")
+        wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        wav = wav.reshape(1, -1, wav.shape[-1]) if wav.dim() <= 2 else wav  # (1, C, N)
+        codes = self.codec.encode(wav.mean(dim=1, keepdim=True), rate)  # (1, K, P)
+        if codes.shape[-1] >= frames:
+            raise GenerationError(
+                f"the clip to continue is {codes.shape[-1] / self.frame_rate:.2f} s; ask for a longer duration"
+            )
+        return codes.expand(batch, -1, -1)
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def generate_codes(
+        self,
+        prompts: str | Sequence[str],
+        duration: float = 10.0,
+        seed: int | Sequence[int] | None = None,
+        continuation: Tensor | np.ndarray | None = None,
+        continuation_rate: int | None = None,
+        progress: bool = False,
+        **settings,
+    ) -> Tensor:
+        """codes (B, K, T) for the prompts; `continuation` (C, N) audio at `continuation_rate` is
+        encoded and continued, and the output starts with its frames."""
+        frames = self.num_frames(duration)
+        sampling = self.sampling(**settings)
+        _, text, mask = self._text(prompts)
+        prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
+        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt)
+
+    def generate(self, prompts: str | Sequence[str], duration: float = 10.0, **kwargs) -> Tensor:
+        """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
+        (seed, continuation, continuation_rate, progress, cfg_scale, temperature, top_k, top_p)."""
+        codes = self.generate_codes(prompts, duration, **kwargs)
+        return self.codec.decode(codes)[..., : round(duration * self.sample_rate)]
+
+    def stream(
+        self,
+        prompts: str | Sequence[str],
+        duration: float = 10.0,
+        chunk_seconds: float = 1.0,
+        seed: int | Sequence[int] | None = None,
+        continuation: Tensor | np.ndarray | None = None,
+        continuation_rate: int | None = None,
+        progress: bool = False,
+        **settings,
+    ) -> Iterator[Tensor]:
+        """Audio chunks (B, 1, n) as they are generated; joined, they equal `generate` (same seed).
+
+        Frames go to the codec's streaming decoder every `chunk_seconds`; only the decoder's context
+        and the pattern's staircase are held, so memory does not grow with the duration.
+        """
+        frames = self.num_frames(duration)
+        sampling = self.sampling(**settings)
+        _, text, mask = self._text(prompts)
+        prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
+        chunk = max(1, round(chunk_seconds * self.frame_rate))
+        revert = StreamingRevert(self.lm.pattern)
+        decoder = self.codec.stream_decoder()
+        pending: list[Tensor] = []
+        remaining = round(duration * self.sample_rate)
+        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt)
+        for column in columns:
+            frame = revert.push(column)
+            if frame.shape[-1]:
+                pending.append(frame)
+            if len(pending) == chunk:
+                audio = decoder.push(torch.cat(pending, dim=-1))[..., :remaining]
+                pending, remaining = [], remaining - audio.shape[-1]
+                if audio.shape[-1]:
+                    yield audio
+        tail = decoder.push(torch.cat(pending, dim=-1)) if pending else None
+        audio = decoder.flush() if tail is None else torch.cat([tail, decoder.flush()], dim=-1)
+        if audio[..., :remaining].shape[-1]:
+            yield audio[..., :remaining]
+
+    def generate_to_file(self, prompt: str, path: str | Path, duration: float = 10.0, **kwargs) -> Path:
+        """Generate one prompt straight into an audio file (wav, flac, mp3 or ogg, by extension),
+        chunk by chunk; the file appears under its name only once complete."""
+        from ssmttm.data.audio import audio_format  # the one place that maps extensions to formats
+
+        path = Path(path)
+        fmt = audio_format(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with sf.SoundFile(tmp, "w", samplerate=self.sample_rate, channels=1, format=fmt) as out:
+                for audio in self.stream(prompt, duration, **kwargs):
+                    out.write(audio[0, 0].numpy())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path

@@ -1,0 +1,275 @@
+"""Text to music end to end on a tiny random model with the embedded codec and MiniLM: sampling
+controls, streaming, continuation, long-form memory, and the CLI's outputs and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ssmttm.cli import main
+from ssmttm.config import load_preset
+from ssmttm.generation import SamplingConfig
+from ssmttm.generation.pipeline import GenerationError, TextToMusic
+from ssmttm.generation.sampling import sample
+from ssmttm.lm import MusicLM
+from ssmttm.patterns import StreamingRevert
+from ssmttm.pretrained import save_pretrained
+
+TINY = [
+    "backbone.d_model=32",
+    "backbone.n_layers=2",
+    "backbone.mlp_hidden=64",
+    "backbone.mamba2.headdim=16",
+    "backbone.mamba2.d_state=16",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    lm = MusicLM(load_preset("tiny-simba", TINY))  # 4 x 1024 codes, 384-d text: the embedded pair
+    return save_pretrained(lm, tmp_path_factory.mktemp("model"), codec="embedded", text_encoder="minilm")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> TextToMusic:
+    return TextToMusic.from_pretrained(model_dir)
+
+
+def snr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    noise = (reference - other).pow(2).sum()
+    return float(10 * torch.log10(reference.pow(2).sum() / noise.clamp(min=1e-30)))
+
+
+# -- sampling controls (Generator level) -----------------------------------------------------------
+
+
+def text(batch: int = 2, length: int = 5, dim: int = 384) -> torch.Tensor:
+    return torch.randn(batch, length, dim, generator=torch.Generator().manual_seed(1))
+
+
+def test_cfg_scale_zero_is_the_unconditional_model(model):
+    generator, t = model.generator, text()
+    guided = generator.generate(t, None, 20, SamplingConfig(temperature=1.0, cfg_scale=0.0), seed=5)
+    null = generator.generate(t[:, :0], None, 20, SamplingConfig(temperature=1.0, cfg_scale=1.0), seed=5)
+    assert torch.equal(guided, null)
+
+
+def test_cfg_scale_one_is_plain_conditional_sampling(model):
+    lm, t = model.lm, text(batch=1)
+    out = model.generator.generate(t, None, 12, SamplingConfig(temperature=1.0, cfg_scale=1.0, top_k=50), seed=3)
+    rng = [torch.Generator().manual_seed(3)]
+    seq = lm.pattern.build(torch.zeros(1, 4, 12, dtype=torch.long))[..., :1]  # column 0: all special
+    valid = lm.pattern.valid_mask(12)
+    with torch.no_grad():
+        logits, state = lm.prefill(t, None, seq)
+        columns = [seq[..., 0]]
+        for s in range(1, valid.shape[1]):
+            logits[..., lm.cfg.special_token] = -torch.inf
+            tokens = torch.where(valid[:, s], sample(logits, 1.0, rng, top_k=50), lm.cfg.special_token)
+            columns.append(tokens)
+            logits, state = lm.step(tokens, state)
+    assert torch.equal(out, lm.pattern.revert(torch.stack(columns, -1), 12))
+
+
+def test_top_k_one_and_a_tiny_top_p_are_greedy(model):
+    generator, t = model.generator, text()
+    greedy = generator.generate(t, None, 15, SamplingConfig(temperature=0.0, cfg_scale=3.0))
+    assert torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5, top_k=1), seed=0), greedy)
+    assert torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5, top_p=1e-6), seed=0), greedy)
+    assert not torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5), seed=0), greedy)
+
+
+def test_each_prompt_has_its_own_seed(model):
+    generator, t = model.generator, text(batch=3)
+    sampling = SamplingConfig(temperature=1.2, top_p=0.9)
+    batch = generator.generate(t, None, 10, sampling, seed=7)
+    alone = generator.generate(t[2:], None, 10, sampling, seed=9)  # row 2 of seed 7 is seed 9
+    assert torch.equal(batch[2:], alone)
+    assert torch.equal(generator.generate(t, None, 10, sampling, seed=[7, 8, 9]), batch)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    from ssmttm.generation.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = filter_logits(logits, top_p=0.7).isfinite()
+    assert kept.tolist() == [True, True, False, False]
+    assert filter_logits(logits, top_k=3).isfinite().tolist() == [True, True, True, False]
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+
+
+def test_streamed_audio_and_tokens_equal_the_whole_generation(model, monkeypatch):
+    whole = model.generate(["calm piano", "fast funk"], duration=3.0, seed=0)
+    columns_done, first_chunk_at = [], []
+    real_columns = model.generator.columns
+
+    def counting(*args, **kwargs):
+        for column in real_columns(*args, **kwargs):
+            columns_done.append(column)
+            yield column
+
+    monkeypatch.setattr(model.generator, "columns", counting)
+    chunks = []
+    for chunk in model.stream(["calm piano", "fast funk"], duration=3.0, seed=0, chunk_seconds=0.5):
+        first_chunk_at.append(len(columns_done))
+        chunks.append(chunk)
+    assert len(chunks) >= 3 and first_chunk_at[0] < len(columns_done)  # audio before the end
+    joined = torch.cat(chunks, dim=-1)
+    assert joined.shape == whole.shape and snr_db(whole, joined) >= 40
+    revert = StreamingRevert(model.lm.pattern)
+    streamed = torch.cat([revert.push(c) for c in columns_done], dim=-1)
+    codes = model.generate_codes(["calm piano", "fast funk"], duration=3.0, seed=0)
+    assert torch.equal(streamed, codes)
+
+
+def test_continuation_starts_with_the_clip_and_depends_on_it(model):
+    rate = model.sample_rate
+    t = np.arange(int(1.0 * rate)) / rate
+    clip_a = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[None]
+    clip_b = (0.3 * np.sin(2 * np.pi * 330 * t) * (t < 0.5)).astype(np.float32)[None]
+    given = model.codec.encode(torch.from_numpy(clip_a)[None], rate)
+    a = model.generate_codes("a melody", duration=3.0, seed=0, continuation=clip_a, continuation_rate=rate)
+    b = model.generate_codes("a melody", duration=3.0, seed=0, continuation=clip_b, continuation_rate=rate)
+    frames = given.shape[-1]
+    assert torch.equal(a[..., :frames], given)
+    assert not torch.equal(a[..., frames:], b[..., frames:])
+
+
+def test_bad_requests_are_generation_errors(model):
+    for kwargs, message in [
+        ({"duration": 0}, "positive"),
+        ({"duration": -1}, "positive"),
+        ({"duration": 1e7}, "above the maximum"),
+        ({"cfg_scale": -1}, "out of range"),
+        ({"temperature": -0.5}, "out of range"),
+        ({"top_k": -3}, "out of range"),
+        ({"top_p": 1.5}, "out of range"),
+    ]:
+        with pytest.raises(GenerationError, match=message):
+            model.generate("piano", **{"duration": 1.0, **kwargs})
+    with pytest.raises(GenerationError, match="empty prompt"):
+        model.generate(["piano", "   "], duration=1.0)
+
+
+def test_save_pretrained_round_trips(model, tmp_path):
+    again = TextToMusic.from_pretrained(model.save_pretrained(tmp_path / "copy"))
+    assert torch.equal(again.generate_codes("piano", 1.0, seed=1), model.generate_codes("piano", 1.0, seed=1))
+
+
+LONG_FORM = """
+import resource, sys
+from ssmttm.generation.pipeline import TextToMusic
+model = TextToMusic.from_pretrained(sys.argv[1])
+model.generate_to_file("slow ambient", sys.argv[2], duration=float(sys.argv[3]), seed=0, chunk_seconds=2.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_long_form_memory_does_not_grow_with_duration(model_dir, tmp_path):
+    peaks = {}
+    for seconds in (30, 300):
+        out = tmp_path / f"{seconds}.flac"
+        done = subprocess.run(
+            [sys.executable, "-c", LONG_FORM, str(model_dir), str(out), str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        )
+        peaks[seconds] = int(done.stdout.split()[-1])  # KiB
+        assert sf.info(str(out)).duration == pytest.approx(seconds, abs=0.01)
+    # 300 s of float32 audio buffered would add 300 * 22050 * 4 bytes = 26 MB, codes and columns more
+    assert abs(peaks[300] - peaks[30]) < 0.05 * peaks[30], peaks
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_writes_numbered_outputs_with_sidecars(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("calm piano\n\nfast funk with trumpet\n")
+    assert (
+        main(
+            [
+                "generate",
+                "--prompts-file",
+                str(prompts),
+                "--model",
+                str(model_dir),
+                "--duration",
+                "1.5",
+                "--seed",
+                "4",
+                "--top-k",
+                "50",
+                "-o",
+                str(tmp_path / "out.flac"),
+            ]
+        )
+        == 0
+    )
+    for i, prompt in enumerate(["calm piano", "fast funk with trumpet"]):
+        path = tmp_path / f"out_{i}.flac"
+        wav, rate = sf.read(path)
+        assert rate == 22050 and len(wav) == round(1.5 * 22050) and np.abs(wav).max() > 0
+        sidecar = json.loads((tmp_path / f"out_{i}.flac.json").read_text())
+        assert sidecar["prompt"] == prompt and sidecar["seed"] == 4 + i and sidecar["sampling"]["top_k"] == 50
+        assert sidecar["model"] == str(model_dir)
+    assert (
+        main(
+            [
+                "generate",
+                "one prompt",
+                "--model",
+                str(model_dir),
+                "--duration",
+                "1",
+                "--stream",
+                "-o",
+                str(tmp_path / "one.wav"),
+            ]
+        )
+        == 0
+    )
+    assert sf.info(str(tmp_path / "one.wav")).frames == 22050
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    weights = (model_dir / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # truncated
+    (tmp_path / "noise.wav").write_bytes(b"RIFF not really audio")
+    model = ["--model", str(model_dir)]
+    out = ["-o", str(tmp_path / "x.wav")]
+    cases = [
+        (["generate", "   ", *model, *out], "empty prompt"),
+        (["generate", "piano", *model, "--duration", "0", *out], "positive"),
+        (["generate", "piano", *model, "--duration", "99999", *out], "above the maximum"),
+        (["generate", "piano", *model, "--cfg", "-2", *out], "out of range"),
+        (["generate", "piano", *model, "--temperature", "-1", *out], "out of range"),
+        (["generate", "piano", *model, "--top-k", "-1", *out], "out of range"),
+        (["generate", "piano", *model, "--top-p", "2", *out], "out of range"),
+        (["generate", "piano", *model, "--continue-from", str(tmp_path / "noise.wav"), *out], "not readable"),
+        (["generate", "piano", *model, "--continue-from", str(tmp_path / "none.wav"), *out], "no such audio"),
+        (["generate", "piano", "--model", str(tmp_path / "missing"), *out], "no model folder"),
+        (["generate", "piano", "--model", str(broken), *out], "not a readable safetensors"),
+        (["generate", "piano", *model, "-o", str(tmp_path / "no" / "x.wav")], "no folder"),
+        (["generate", "piano", *model, "-o", str(tmp_path / "x.xyz")], "unsupported audio extension"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
