@@ -21,7 +21,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_every_preset_loads_and_round_trips_through_a_dict():
-    assert len(preset_names()) == 10
+    assert len(preset_names()) == 11  # 4 paper-sized, 2 at 75m, 4 tiny, the demo model
     for name in preset_names():
         cfg = load_preset(name)
         assert from_dict(LMConfig, to_dict(cfg)) == cfg
@@ -66,3 +66,19 @@ def test_unknown_preset_and_missing_file_are_clear_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(LMConfig, tmp_path / "bad.yaml")
+
+
+def test_every_training_config_resolves_and_paper_ones_keep_the_recipe():
+    from ssmttm.config import PRESET_DIR, read_yaml
+    from ssmttm.training.config import load_train_config
+
+    configs = sorted((PRESET_DIR / "train").glob("*.yaml"))
+    assert len(configs) == 9
+    for path in configs:
+        config = load_train_config(path)
+        assert config.model == load_preset(read_yaml(path)["model"]), path
+        if not path.stem.startswith(("tiny-", "demo")):  # the paper's sizes: its recipe, untouched
+            optim, schedule = config.optim, config.schedule
+            assert (optim.lr, optim.weight_decay, optim.beta1, optim.beta2, optim.eps) == (1e-4, 0.02, 0.9, 0.999, 1e-7)
+            assert (schedule.warmup_steps, schedule.final_lr_fraction, config.run.batch_size) == (500, 0.005, 128)
+            assert optim.grad_clip == 0 and config.run.precision == "auto"

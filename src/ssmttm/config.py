@@ -182,7 +182,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing file, bad YAML or another top level is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -190,7 +191,13 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    return from_dict(cls, apply_overrides(data, overrides or []))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    return from_dict(cls, apply_overrides(read_yaml(path), overrides or []))
 
 
 def save_yaml(config: Any, path: str | Path) -> None:

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ssmttm.config import ConfigError, LMConfig, apply_overrides, from_dict, load_preset, to_dict
+from ssmttm.config import ConfigError, LMConfig, apply_overrides, from_dict, load_preset, read_yaml, to_dict
 
 
 @dataclass
@@ -104,13 +102,4 @@ def resolve(data: dict[str, Any], overrides: list[str] | None = None) -> TrainCo
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return resolve(data, overrides)
+    return resolve(read_yaml(path), overrides)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssmttm.config import ConfigError, save_yaml, to_dict
+from ssmttm.config import ConfigError, read_yaml, save_yaml, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import TokenStore
 from ssmttm.files import write_json, write_text
@@ -104,14 +104,11 @@ class Trainer:
 
     def _check_run_dir(self) -> None:
         saved = self.run_dir / CONFIG
-        if saved.is_file() and not self.config_may_change:
-            import yaml
-
-            if resolve(yaml.safe_load(saved.read_text())) != self.config:
-                raise ConfigError(
-                    f"{self.run_dir} holds a run with another config; use a new --out folder, "
-                    f"or `ssmttm train --resume {self.run_dir}` to go on with its own"
-                )
+        if saved.is_file() and not self.config_may_change and resolve(read_yaml(saved)) != self.config:
+            raise ConfigError(
+                f"{self.run_dir} holds a run with another config; use a new --out folder, "
+                f"or `ssmttm train --resume {self.run_dir}` to go on with its own"
+            )
 
     def _data(self):
         cfg, fabric = self.config, self.fabric

@@ -1,0 +1,176 @@
+"""Does a model follow the text? Generate from captions of combinations it never saw in training,
+with the true captions and with shuffled ones, and score what comes out.
+
+    python benchmarks/text_following.py --model src/ssmttm/models/demo \\
+        --hold-out "style=jazz,lead=saxophone;style=rock,lead=piano;..."   # the training corpus's hold-out
+
+1. A classifier of style and of lead instrument, trained on real synthetic clips (a fresh corpus,
+   all combinations, never generated audio). It reads what the model reads: the clip's codec
+   frames, dequantized to the embedded codec's 89 spectral features, summarised per clip (mean,
+   spread, frame-to-frame change per feature). Its accuracy on real clips it was not fitted on is
+   printed as a sanity check.
+2. Prompts: captions of new pieces drawn only from the held-out combinations (`--only-held-out`).
+3. Each prompt is generated at 3 seeds with its own caption, and with another prompt's caption
+   (a shuffle that changes every caption); both are scored against the labels the true caption asks for.
+4. Tempo: librosa's beat tracker on the generated audio against the BPM a caption states, for the
+   captions that state one.
+Targets (issue 7): style or lead accuracy >= 0.7 with true captions and >= 0.4 above shuffled; tempo
+median absolute error <= 8 BPM and at most half of that with shuffled captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ssmttm.codecs.spectral.rvq import dequantize
+from ssmttm.data.audio import load_audio, to_mono
+from ssmttm.data.synth import synthesize_corpus
+from ssmttm.data.synth.attributes import HoldOut
+from ssmttm.generation.pipeline import TextToMusic
+
+BPM = re.compile(r"(\d+(?:\.\d+)?) ?BPM")
+
+
+def clip_features(codec, codes: torch.Tensor) -> np.ndarray:
+    """codes (K, T) -> (3 * 89,): per-feature mean, standard deviation and mean absolute change."""
+    feats = dequantize(codes.T, codec.codebooks).numpy()  # (T, 89)
+    change = np.abs(np.diff(feats, axis=0)).mean(axis=0) if len(feats) > 1 else np.zeros(feats.shape[1])
+    return np.concatenate([feats.mean(axis=0), feats.std(axis=0), change])
+
+
+def corpus(folder: Path, n: int, seed: int, hold_out: str | None, only_held_out: bool) -> list[dict]:
+    kwargs = {"hold_out": HoldOut.parse(hold_out), "only_held_out": True} if only_held_out else {}
+    synthesize_corpus(folder, n=n, seed=seed, workers=2, sample_rate=22050, **kwargs)
+    records = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    return records[:n]
+
+
+def fit_classifiers(model: TextToMusic, records: list[dict], folder: Path):
+    features = []
+    for r in records:
+        wav, rate = load_audio(folder / r["file"])
+        codes = model.codec.encode(torch.from_numpy(to_mono(wav))[None], rate)[0]
+        features.append(clip_features(model.codec, codes))
+    x = np.stack(features)
+    split = int(0.8 * len(x))
+    classifiers, sanity = {}, {}
+    for label in ("style", "lead"):
+        y = np.array([r[label] for r in records])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
+        clf.fit(x[:split], y[:split])
+        sanity[label] = float((clf.predict(x[split:]) == y[split:]).mean())
+        clf.fit(x, y)
+        classifiers[label] = clf
+    return classifiers, sanity
+
+
+def derangement(n: int, rng: np.random.Generator, records: list[dict]) -> list[int]:
+    """A shuffle in which every prompt gets a caption of another combination (style and lead)."""
+    for _ in range(10_000):
+        order = rng.permutation(n)
+        if all(
+            (records[i]["style"], records[i]["lead"]) != (records[j]["style"], records[j]["lead"])
+            for i, j in enumerate(order)
+        ):
+            return order.tolist()
+    raise RuntimeError("cannot shuffle the captions so that every one changes combination")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--hold-out", required=True, help="the hold-out spec the model's training corpus used")
+    parser.add_argument("--prompts", type=int, default=12, help="prompts from the held-out combinations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--classifier-clips", type=int, default=800)
+    parser.add_argument("--work", default="benchmarks/.cache/text-following")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(args.work)
+
+    model = TextToMusic.from_pretrained(args.model)
+    real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False)
+    classifiers, sanity = fit_classifiers(model, real, work / "classifier-corpus")
+    print(
+        f"classifier on {len(real)} real clips (seed 11); accuracy on the 20% it was not fitted on: "
+        f"style {sanity['style']:.2f}, lead {sanity['lead']:.2f}"
+    )
+
+    prompts = corpus(work / "held-out-prompts", args.prompts, 12, args.hold_out, True)
+    shuffle = derangement(len(prompts), np.random.default_rng(0), prompts)
+    rows = []
+    for seed in args.seeds:
+        for i, record in enumerate(prompts):
+            for condition, caption in (("true", record["caption"]), ("shuffled", prompts[shuffle[i]]["caption"])):
+                codes = model.generate_codes(caption, args.duration, seed=seed)
+                wav = model.codec.decode(codes)[0, 0].numpy()
+                x = clip_features(model.codec, codes[0])[None]
+                stated = BPM.search(record["caption"])
+                tempo = float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=model.sample_rate)[0])[0])
+                rows.append(
+                    {
+                        "seed": seed,
+                        "prompt": i,
+                        "condition": condition,
+                        "caption": caption,
+                        "style": record["style"],
+                        "lead": record["lead"],
+                        "style_pred": str(classifiers["style"].predict(x)[0]),
+                        "lead_pred": str(classifiers["lead"].predict(x)[0]),
+                        "stated_bpm": float(stated.group(1)) if stated else None,
+                        "tempo_bpm": tempo,
+                    }
+                )
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    combos = sorted({(p["style"], p["lead"]) for p in prompts})
+    print(
+        f"{len(prompts)} prompts from {len(combos)} held-out combinations, seeds {args.seeds}, {args.duration:g} s each"
+    )
+    print("| measure | true captions | shuffled captions | difference | target |")
+    print("|---|---|---|---|---|")
+    results = {}
+    for label in ("style", "lead"):
+        acc = {
+            c: np.mean([r[f"{label}_pred"] == r[label] for r in rows if r["condition"] == c])
+            for c in ("true", "shuffled")
+        }
+        results[label] = acc["true"] >= 0.7 and acc["true"] - acc["shuffled"] >= 0.4
+        print(
+            f"| {label} accuracy | {acc['true']:.2f} | {acc['shuffled']:.2f} | {acc['true'] - acc['shuffled']:+.2f} "
+            f"| >= 0.70, >= +0.40: {'met' if results[label] else 'NOT met'} |"
+        )
+    errors = {
+        c: [abs(r["tempo_bpm"] - r["stated_bpm"]) for r in rows if r["condition"] == c and r["stated_bpm"]]
+        for c in ("true", "shuffled")
+    }
+    if errors["true"]:
+        med = {c: float(np.median(e)) for c, e in errors.items()}
+        tempo_ok = med["true"] <= 8 and med["true"] <= 0.5 * med["shuffled"]
+        print(
+            f"| tempo median abs error (BPM), {len(errors['true'])} clips | {med['true']:.1f} | "
+            f"{med['shuffled']:.1f} | | <= 8, <= half of shuffled: {'met' if tempo_ok else 'NOT met'} |"
+        )
+    else:
+        tempo_ok = False
+        print("no held-out caption states a BPM: tempo not measured (raise --prompts)")
+    met = (results["style"] or results["lead"]) and tempo_ok
+    print(f"targets: {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
