@@ -27,42 +27,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from speed_common import (
+    FRAME_RATE,
+    THREADS,
+    build,
+    cpu_has_bf16,
+    in_process,
+    machine_line,
+    peak_rss_mib,
+    rss_mib,
+    timed,
+    worker,
+)
 
-from ssmttm.config import load_preset
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights, linear
 
-FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
-TEXT_TOKENS = 32
-THREADS = 2
 EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
 SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations"]
-
-
-def build(preset: str, batch: int, weight_dtype: torch.dtype | None = None):
-    torch.manual_seed(0)
-    cfg = load_preset(preset)
-    lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
-    return lm, torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @torch.no_grad()
@@ -102,7 +90,7 @@ def run_matmul_forms(batch: int = 2, repeats: int = 3) -> dict:
 
     def rate(fn, weights_bytes):
         fn()
-        return weights_bytes / min(_timed(fn) for _ in range(repeats)) / 1e9
+        return weights_bytes / min(timed(fn) for _ in range(repeats)) / 1e9
 
     fp32_bytes = sum(m.weight.numel() * 4 for m in layers)
     result = {
@@ -119,24 +107,11 @@ def run_matmul_forms(batch: int = 2, repeats: int = 3) -> dict:
     return result
 
 
-def in_process(kind: str, env: dict | None = None, **kwargs) -> dict:
-    """Run one measurement in a fresh process, so that its peak RSS is its own."""
-    cmd = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kwargs})]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def read_bandwidth_gbs(repeats: int = 5) -> float:
     """Bandwidth of a large streaming read: summing a 1 GiB fp32 tensor (best of `repeats`)."""
     big = torch.ones(2**28)
     big.sum()
-    return big.numel() * 4 / min(_timed(big.sum) for _ in range(repeats)) / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return big.numel() * 4 / min(timed(big.sum) for _ in range(repeats)) / 1e9
 
 
 def bytes_per_step(lm: MusicLM, batch: int) -> int:
@@ -166,23 +141,6 @@ def bf16_logit_difference(steps: int = 32) -> float:
         worst = max(worst, (la - lb).abs().max().item())
         (la, sa), (lb, sb) = fp32.step(tokens[t], sa), bf16.step(tokens[t], sb)
     return worst
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU handles bf16 natively (read on Linux; elsewhere, skip)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def worker(spec: dict) -> None:
-    torch.set_num_threads(THREADS)
-    kind = spec.pop("kind")
-    runs = {"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms}
-    print(json.dumps(runs[kind](**spec)))
 
 
 def section_table(durations: list[float]) -> None:
@@ -276,7 +234,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        worker({"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms}, json.loads(args.worker))
         return
     torch.set_num_threads(THREADS)
     sections = args.sections.split(",")
@@ -285,10 +243,7 @@ def main() -> None:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     steps = 20 if args.quick else 200
     positions = 256 if args.quick else 2048
-    print(
-        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {THREADS} threads, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
-    )
+    print(machine_line() + "\n")
     if "table" in sections:
         section_table([1.0] if args.quick else [5.0, 15.0, 30.0])
         print()

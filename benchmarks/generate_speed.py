@@ -1,0 +1,445 @@
+"""Generation speed on the CPU: simba-300m against MusicGen's decoder, both with classifier-free guidance.
+
+  simba-300m  our preset, in fp32 and with bf16 Linear weights (`Generator(lm, weight_dtype=torch.bfloat16)`);
+              DAC frames, 86.13 per second of audio.
+  MusicGen    transformers' `MusicgenForCausalLM` shaped like musicgen-small (hidden 1024, 24 layers,
+              16 heads, FFN 4096, 4 codebooks of 2048) cross-attending to 32 text positions, in fp32
+              (its default) and bf16; EnCodec frames, 50 per second of audio.
+
+Random weights, 2 threads, the cond and uncond rows of CFG in one batch: batch counts rows, so
+batch 2 is one prompt and its unconditional twin. A step is one decoding position (`MusicLM.step`,
+or MusicGen's forward over one column with its KV cache); a clip of n frames takes n + 3 steps
+(the delay pattern over 4 codebooks), so at equal steps/s a clip takes us 1.72x MusicGen's time.
+
+Sections (all by default; `--sections table,flat` picks some):
+  table  steps/s at 0, 5, 10, 30, 60 and 120 s of audio, each in its own process with the cache or
+         state filled to that position first:
+           MusicGen: an `EncoderDecoderCache` whose self-attention layers hold random keys and
+             values of that length (a step's cost depends on the cache's size, not its values) and
+             whose cross-attention layers hold the text's, as after its first step;
+           simba-300m: the state has the same size at every position, so the text is prefilled, the
+             state's position counter set to the position, and 20 steps run before the timed ones.
+         Then, at 10, 30 and 120 s: the clip's wall-clock time, the sum over its steps of the time
+         per step interpolated linearly between the measured positions; x real time; and the peak
+         RSS of the process that measured at that length, counted from after the model was built
+         (building leaves transient copies, the fp32 original of a bf16 model among them).
+         A MusicGen position whose cache would not fit in memory is skipped (batch 16 at 120 s
+         in fp32 needs 19 GB), and its longer clips get no estimate.
+  check  one real 10 s generation of each at the first `--batch`, timed end to end, against that
+         estimate: our `Generator.generate`, and MusicGen's own `generate` (top-k 250 and guidance
+         3 for both).
+  flat   simba-300m at batch 2 in fp32, decoded without a shortcut: one process steps from the text
+         to 120 s, and the median step of the 200 starting at each position gives its steps/s.
+Then one line per target of the issue, met or NOT met; the first (our time per step at 120 s
+within 5% of that at 5 s) is read from `flat` when it ran, from `table` otherwise.
+
+Every process imports ssmttm, whose allocator setting keeps freed memory in the heap
+(ssmttm/_allocator.py): MusicGen's cache, which transformers re-allocates one position longer at
+every step, is spared the page faults of fresh mappings too. transformers' MusicGen sizes its
+sinusoidal position table by `max_position_embeddings` (2048 by default) and rebuilds it at every
+step past it (41 s); here it covers 120 s, so that cost, which a longer table removes, is left out.
+
+    python benchmarks/generate_speed.py             # everything, batches 2 and 16
+    python benchmarks/generate_speed.py --quick     # 2 s at most and a few steps, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from speed_common import (
+    FRAME_RATE,
+    TEXT_TOKENS,
+    THREADS,
+    build,
+    cpu_has_bf16,
+    in_process,
+    machine_line,
+    peak_rss_since_reset_mib,
+    reset_peak_rss,
+    rss_mib,
+    timed,
+    worker,
+)
+
+from ssmttm.generation import Generator
+from ssmttm.generation.sampling import SamplingConfig
+
+PRESET = "simba-300m"
+MUSICGEN = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "ffn_dim": 4096,
+    "num_codebooks": 4,
+    "vocab_size": 2048,
+    "max_position_embeddings": 8192,  # past 120 s at 50 Hz: see the docstring
+}
+MUSICGEN_FRAME_RATE = 50.0  # EnCodec 32 kHz frames per second
+DELAY_STEPS = 3  # the delay pattern over 4 codebooks adds 3 columns to a clip, for both models
+GUIDANCE = 3.0
+TOP_K = 250  # MusicGen's default sampling
+WARMUP = 3
+SECTIONS = ["table", "check", "flat"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    model: str  # "ours" or "musicgen"
+    bf16: bool
+
+    @property
+    def frame_rate(self) -> float:
+        return FRAME_RATE if self.model == "ours" else MUSICGEN_FRAME_RATE
+
+
+VARIANTS = [
+    Variant("simba-300m fp32", "ours", False),
+    Variant("simba-300m bf16 weights", "ours", True),
+    Variant("MusicGen fp32", "musicgen", False),
+    Variant("MusicGen bf16", "musicgen", True),
+]
+OURS_FP32, OURS_BF16, MUSICGEN_FP32 = VARIANTS[:3]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Lengths in seconds of audio; `mid`, `long` and `short` are the issue's 30 s, 120 s and 5 s."""
+
+    positions: list[float]
+    clips: list[float]
+    check: float
+    short: float
+    mid: float
+    long: float
+    steps: int  # timed steps per measurement at batch 2 (a quarter of them at larger batches)
+    settle: int  # our steps between the prefill and the timed ones
+    window: int  # `flat`: steps whose median gives the rate at a position
+
+
+FULL = Plan([0, 5, 10, 30, 60, 120], [10, 30, 120], 10, 5, 30, 120, steps=40, settle=20, window=200)
+QUICK = Plan([0, 0.5, 1, 2], [1, 2], 1, 0.5, 1, 2, steps=3, settle=2, window=5)
+
+
+# -- measurements, each in its own process ------------------------------------------------------
+
+
+def musicgen(bf16: bool):
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    torch.manual_seed(0)
+    config = MusicgenDecoderConfig(**MUSICGEN)
+    model = MusicgenForCausalLM(config).eval()
+    model.generation_config.decoder_start_token_id = config.bos_token_id  # as musicgen-small's config has it
+    return model.to(torch.bfloat16) if bf16 else model
+
+
+def random_cache(config, batch: int, positions: int, dtype: torch.dtype):
+    """MusicGen's cache after `positions` steps: random self-attention keys and values, and the text's."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    heads = config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(batch, heads, positions, head_dim, generator=generator).to(dtype)  # (B, H, T, hd)
+    text = torch.randn(batch, heads, TEXT_TOKENS, head_dim, generator=generator).to(dtype)  # (B, H, L, hd)
+    layers = range(config.num_hidden_layers)
+    # Each layer gets tensors of its own; generators keep one layer's spare copies alive at a time.
+    return EncoderDecoderCache(
+        DynamicCache((audio.clone(), audio.clone()) for _ in layers),
+        DynamicCache((text.clone(), text.clone()) for _ in layers),
+    )
+
+
+@torch.no_grad()
+def run_at(model: str, bf16: bool, batch: int, frames: int, steps: int, settle: int) -> dict:
+    """Steps/s of `steps` steps from `frames` positions on, and the process's peak RSS."""
+    if model == "ours":
+        lm, text = build(PRESET, batch, torch.bfloat16 if bf16 else None)
+        reset_peak_rss()
+        _, state = lm.prefill(text)
+        state = dataclasses.replace(state, position=state.position + frames)
+        tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
+
+        def step() -> None:
+            nonlocal state
+            _, state = lm.step(tokens, state)
+
+        warmup = settle
+    else:
+        mg = musicgen(bf16)
+        reset_peak_rss()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        text = torch.randn(batch, TEXT_TOKENS, mg.config.hidden_size, dtype=dtype)
+        cache = random_cache(mg.config, batch, frames, dtype)
+        ids = torch.randint(0, mg.config.vocab_size, (batch * mg.config.num_codebooks, 1))
+
+        def step() -> None:
+            mg(input_ids=ids, encoder_hidden_states=text, cache=cache, use_cache=True)
+
+        warmup = WARMUP
+    for _ in range(warmup):
+        step()
+    elapsed = timed(lambda: [step() for _ in range(steps)])
+    return {"steps_per_s": steps / elapsed, "peak_rss_mib": peak_rss_since_reset_mib()}
+
+
+@torch.no_grad()
+def run_generate(model: str, bf16: bool, batch: int, frames: int) -> dict:
+    """One real generation of `frames` frames for batch / 2 prompts with CFG, timed end to end."""
+    prompts = batch // 2
+    if model == "ours":
+        lm, text = build(PRESET, prompts, torch.bfloat16 if bf16 else None)
+        generator, sampling = Generator(lm), SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
+        reset_peak_rss()
+        seconds = timed(lambda: generator.generate(text, None, frames, sampling, seed=0))
+        return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    mg = musicgen(bf16)
+    reset_peak_rss()
+    config = mg.config
+    text = torch.randn(batch, TEXT_TOKENS, config.hidden_size, dtype=mg.dtype)  # cond rows, then uncond rows
+    bos = torch.full((prompts * config.num_codebooks, 1), config.bos_token_id)
+    # Left to itself, generate() gives this decoder a plain DynamicCache, into which the
+    # cross-attention then appends the text's keys at every step; an EncoderDecoderCache keeps them apart.
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    seconds = timed(
+        lambda: mg.generate(
+            bos,
+            encoder_hidden_states=text,
+            cache=cache,
+            do_sample=True,
+            top_k=TOP_K,
+            guidance_scale=GUIDANCE,
+            max_new_tokens=frames + DELAY_STEPS,
+            num_return_sequences=1,
+        )
+    )
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
+
+
+@torch.no_grad()
+def run_continuous(batch: int, frames: list[int], window: int) -> dict:
+    """Our fp32 decode from the text to the last position; the median step of `window` from each."""
+    lm, text = build(PRESET, batch)
+    reset_peak_rss()
+    _, state = lm.prefill(text)
+    tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
+    seconds = []
+    for i in range(max(frames) + window):
+        if i == window:
+            rss_start = rss_mib()
+        start = time.perf_counter()
+        _, state = lm.step(tokens, state)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "steps_per_s": [1 / statistics.median(seconds[f : f + window]) for f in frames],
+        "peak_rss_mib": peak_rss_since_reset_mib(),
+        "rss_growth_mib": rss_mib() - rss_start,
+    }
+
+
+# -- the parent: plans, estimates, tables ---------------------------------------------------------
+
+
+def frames_at(seconds: float, frame_rate: float) -> int:
+    return round(seconds * frame_rate)
+
+
+def clip_seconds(rates: dict[float, float], frame_rate: float, clip: float) -> float | None:
+    """Estimated wall-clock seconds of a clip: its steps' times per step, interpolated linearly
+    between the positions measured (seconds of audio -> steps/s); None if they stop short of it."""
+    measured = sorted(p for p, rate in rates.items() if rate is not None)
+    if not measured or measured[-1] < clip:
+        return None
+    audio_before_step = np.arange(frames_at(clip, frame_rate) + DELAY_STEPS) / frame_rate
+    per_step = np.interp(audio_before_step, measured, [1 / rates[p] for p in measured])
+    return float(per_step.sum())
+
+
+def musicgen_fits(batch: int, frames: int, bf16: bool) -> bool:
+    """Whether MusicGen's cache at that length, with the weights, fits in 80% of the memory available."""
+    cache = 2 * MUSICGEN["num_hidden_layers"] * batch * frames * MUSICGEN["hidden_size"] * (2 if bf16 else 4)
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return cache + 2 * 2**30 < 0.8 * available
+
+
+def measure_positions(batch: int, variants: list[Variant], plan: Plan) -> dict[Variant, dict[float, dict | None]]:
+    """One process per variant and position; positions outer, so that the variants share the machine's moods."""
+    steps = plan.steps if batch <= 2 else max(plan.steps // 4, 3)
+    found: dict[Variant, dict[float, dict | None]] = {v: {} for v in variants}
+    for seconds in plan.positions:
+        for v in variants:
+            frames = frames_at(seconds, v.frame_rate)
+            if v.model == "musicgen" and not musicgen_fits(batch, frames, v.bf16):
+                found[v][seconds] = None
+                continue
+            found[v][seconds] = in_process(
+                "at", model=v.model, bf16=v.bf16, batch=batch, frames=frames, steps=steps, settle=plan.settle
+            )
+    return found
+
+
+def rates_of(measured: dict[float, dict | None]) -> dict[float, float | None]:
+    return {p: None if m is None else m["steps_per_s"] for p, m in measured.items()}
+
+
+def print_positions(found: dict[Variant, dict[float, dict | None]], plan: Plan) -> None:
+    print("| model | frames/s | " + " | ".join(f"steps/s at {p:g} s" for p in plan.positions) + " |")
+    print("|---|---|" + "---|" * len(plan.positions))
+    for v, measured in found.items():
+        cells = ["skipped (memory)" if m is None else f"{m['steps_per_s']:.2f}" for m in measured.values()]
+        print(f"| {v.label} | {v.frame_rate:g} | " + " | ".join(cells) + " |", flush=True)
+
+
+def print_clips(found: dict[Variant, dict[float, dict | None]], plan: Plan, batch: int) -> None:
+    prompts = batch // 2
+    print("| model | clip | steps | steps/s at the clip's length | wall-clock (estimated) | x real time | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for v, measured in found.items():
+        for clip in plan.clips:
+            steps = frames_at(clip, v.frame_rate) + DELAY_STEPS
+            wall = clip_seconds(rates_of(measured), v.frame_rate, clip)
+            at = measured.get(clip)
+            rate = "skipped (memory)" if at is None else f"{at['steps_per_s']:.2f}"
+            peak = "-" if at is None else f"{at['peak_rss_mib']:.0f} MiB"
+            wall_cell, realtime = ("-", "-") if wall is None else (f"{wall:.1f} s", f"{prompts * clip / wall:.3f}")
+            print(f"| {v.label} | {clip:g} s | {steps} | {rate} | {wall_cell} | {realtime} | {peak} |", flush=True)
+
+
+def section_table(batches: list[int], variants: list[Variant], plan: Plan) -> dict[int, dict]:
+    results = {}
+    for batch in batches:
+        print(f"batch {batch}: {batch // 2} {'prompt' if batch == 2 else 'prompts'}, each with its CFG twin\n")
+        results[batch] = measure_positions(batch, variants, plan)
+        print_positions(results[batch], plan)
+        print()
+        print_clips(results[batch], plan, batch)
+        print()
+    return results
+
+
+def section_check(batch: int, variants: list[Variant], plan: Plan, table: dict[Variant, dict] | None) -> None:
+    print(f"one real {plan.check:g} s generation at batch {batch}, against the estimate from the table\n")
+    print("| model | steps | real wall-clock | estimated | real / estimated | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for v in variants:
+        frames = frames_at(plan.check, v.frame_rate)
+        real = in_process("generate", model=v.model, bf16=v.bf16, batch=batch, frames=frames)
+        estimate = None if table is None else clip_seconds(rates_of(table[v]), v.frame_rate, plan.check)
+        est_cell, ratio = ("-", "-") if estimate is None else (f"{estimate:.1f} s", f"{real['seconds'] / estimate:.2f}")
+        print(
+            f"| {v.label} | {frames + DELAY_STEPS} | {real['seconds']:.1f} s | {est_cell} | {ratio} "
+            f"| {real['peak_rss_mib']:.0f} MiB |",
+            flush=True,
+        )
+    print()
+
+
+def section_flat(plan: Plan) -> dict:
+    frames = [frames_at(p, FRAME_RATE) for p in plan.positions]
+    run = in_process("continuous", batch=2, frames=frames, window=plan.window)
+    print(
+        f"{PRESET}, batch 2, fp32, one continuous decode of {max(frames) + plan.window} steps "
+        f"(median of {plan.window} steps from each position)\n"
+    )
+    print("| " + " | ".join(f"steps/s at {p:g} s" for p in plan.positions) + " | peak RSS | RSS growth |")
+    print("|" + "---|" * (len(plan.positions) + 2))
+    cells = [f"{r:.2f}" for r in run["steps_per_s"]]
+    print(f"| {' | '.join(cells)} | {run['peak_rss_mib']:.0f} MiB | {run['rss_growth_mib']:+.1f} MiB |\n")
+    return dict(zip(plan.positions, run["steps_per_s"], strict=True))
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets(tables: dict[int, dict], flat: dict[float, float] | None, plan: Plan) -> list[str]:
+    lines = []
+    source, rates = "one continuous run", flat
+    if rates is None and 2 in tables and OURS_FP32 in tables[2]:
+        source, rates = "separate processes", rates_of(tables[2][OURS_FP32])
+    name = f"our time per step at {plan.long:g} s within 5% of that at {plan.short:g} s (batch 2, fp32, {source})"
+    if rates is None:
+        lines.append(f"{name}: not measured")
+    else:
+        change = rates[plan.short] / rates[plan.long] - 1
+        short_ms, long_ms = 1e3 / rates[plan.short], 1e3 / rates[plan.long]
+        lines.append(f"{name}: {short_ms:.1f} ms and {long_ms:.1f} ms, {change:+.1%}: {verdict(abs(change) <= 0.05)}")
+
+    def wall(batch: int, v: Variant, clip: float) -> float | None:
+        found = tables.get(batch, {}).get(v)
+        return None if found is None else clip_seconds(rates_of(found), v.frame_rate, clip)
+
+    for ours, clip, need in ((OURS_FP32, plan.mid, 1.5), (OURS_BF16, plan.mid, 2.5), (OURS_FP32, plan.long, 4.0)):
+        name = f"{clip:g} s at batch 2, {ours.label} at least {need:g}x faster than MusicGen fp32"
+        a, b = wall(2, ours, clip), wall(2, MUSICGEN_FP32, clip)
+        if a is None or b is None:
+            lines.append(f"{name}: not measured")
+        else:
+            lines.append(f"{name}: {a:.1f} s against {b:.1f} s, {b / a:.2f}x: {verdict(b / a >= need)}")
+    name = f"{plan.mid:g} s at batch 16, simba-300m fp32 at least 2x MusicGen fp32's audio seconds per second"
+    a, b = wall(16, OURS_FP32, plan.mid), wall(16, MUSICGEN_FP32, plan.mid)
+    if a is None or b is None:
+        lines.append(f"{name}: not measured")
+    else:
+        ours_rt, theirs_rt = 8 * plan.mid / a, 8 * plan.mid / b
+        lines.append(
+            f"{name}: {ours_rt:.3f} against {theirs_rt:.3f}, {ours_rt / theirs_rt:.2f}x: "
+            f"{verdict(ours_rt >= 2 * theirs_rt)}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 s at most and a few steps: a smoke run")
+    parser.add_argument("--batch", default="2,16", help="comma-separated batch sizes (rows, even: prompts and twins)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {SECTIONS}")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker({"at": run_at, "generate": run_generate, "continuous": run_continuous}, json.loads(args.worker))
+        return
+    torch.set_num_threads(THREADS)
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    batches = [int(b) for b in args.batch.split(",")]
+    if any(b < 2 or b % 2 for b in batches):
+        parser.error("batch sizes count rows with their CFG twins: even, at least 2")
+    plan = QUICK if args.quick else FULL
+    variants = VARIANTS if cpu_has_bf16() else [v for v in VARIANTS if not v.bf16]
+    print(machine_line())
+    print(
+        f"{PRESET} at {FRAME_RATE} frames/s against MusicGen (musicgen-small's shape) at {MUSICGEN_FRAME_RATE:g}; "
+        f"random weights, CFG rows in the batch; x real time = seconds of audio of all the batch's "
+        f"prompts per second of wall-clock time"
+    )
+    if len(variants) < len(VARIANTS):
+        print("bf16: this CPU has neither AVX512-BF16 nor AMX; the bf16 rows are skipped")
+    if args.quick:
+        print(f"--quick: {plan.short:g}, {plan.mid:g} and {plan.long:g} s stand in for 5, 30 and 120 s")
+    print()
+    tables = section_table(batches, variants, plan) if "table" in sections else {}
+    if "check" in sections:
+        section_check(batches[0], variants, plan, tables.get(batches[0]))
+    flat = section_flat(plan) if "flat" in sections else None
+    print("targets:")
+    for line in targets(tables, flat, plan):
+        print(f"  {line}")
+
+
+if __name__ == "__main__":
+    main()

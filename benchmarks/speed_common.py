@@ -1,0 +1,101 @@
+"""Measuring helpers shared by the decoding benchmarks (decode_speed.py, generate_speed.py).
+
+A measurement whose peak memory matters runs in a fresh process: `in_process` starts the running
+script again with `--worker`, and the script hands that argument to `worker` with its table of
+measurements.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from ssmttm.config import load_preset
+from ssmttm.generation import Generator
+from ssmttm.lm import MusicLM
+
+FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
+TEXT_TOKENS = 32
+THREADS = 2
+
+
+def build(preset: str, batch: int, weight_dtype: torch.dtype | None = None) -> tuple[MusicLM, torch.Tensor]:
+    """A preset with random weights (seed 0), ready to decode, and random text (batch, TEXT_TOKENS, text_dim)."""
+    torch.manual_seed(0)
+    cfg = load_preset(preset)
+    lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
+    return lm, torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak RSS read by `peak_rss_since_reset_mib` over from what the process holds now.
+
+    Freed memory goes back to the kernel first (ssmttm keeps it in the heap: ssmttm/_allocator.py),
+    so what building a model freed, such as the fp32 original of a bf16 copy, is not counted.
+    Linux with glibc; getrusage's peak, `peak_rss_mib`, is never reset.
+    """
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_since_reset_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of `fn` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU handles bf16 natively (read on Linux; elsewhere, skip)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def machine_line() -> str:
+    return (
+        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {THREADS} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def in_process(kind: str, env: dict | None = None, **kwargs) -> dict:
+    """Run one measurement of the running script in a fresh process, so that its peak RSS is its own."""
+    script = os.path.abspath(sys.modules["__main__"].__file__)
+    cmd = [sys.executable, script, "--worker", json.dumps({"kind": kind, **kwargs})]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def worker(runs: dict[str, Callable[..., dict]], spec: dict) -> None:
+    """The child's side of `in_process`: run the measurement `spec` names and print its result as JSON."""
+    torch.set_num_threads(THREADS)
+    kind = spec.pop("kind")
+    print(json.dumps(runs[kind](**spec)))
