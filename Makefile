@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps 'tinysoundfont>=0.3.6'
 	touch $(STAMP)
 
+# Offline: the shipped demo model, the embedded codec and the embedded MiniLM text encoder.
 demo: setup
-	$(BIN)/ssmttm presets
-	@echo
-	$(BIN)/ssmttm summary tiny-simba --decode-steps 400
+	HF_HUB_OFFLINE=1 $(BIN)/ssmttm generate "An upbeat funk groove with slap bass, clavinet and a brass lead" \
+		--duration 10 --seed 0 -o demo.wav
 
 lint: setup
 	$(BIN)/ruff check .

@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--hold-out", required=True, help="the hold-out spec the model's training corpus used")
-    parser.add_argument("--prompts", type=int, default=12, help="prompts from the held-out combinations")
+    parser.add_argument("--prompts", type=int, default=24, help="prompts from the held-out combinations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--classifier-clips", type=int, default=800)

@@ -273,3 +273,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_the_demo_command_writes_a_playable_non_silent_file_offline(tmp_path, capsys):
+    """What `make demo` runs, with the shipped model (the default --model), shortened to 3 s."""
+    out = tmp_path / "demo.wav"
+    assert main(["generate", "An upbeat funk groove with slap bass", "--duration", "3", "-o", str(out)]) == 0
+    wav, rate = sf.read(out)
+    assert rate == 22050 and len(wav) == 3 * 22050
+    assert np.sqrt(np.mean(wav**2)) > 1e-3 and np.isfinite(wav).all()
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "generated in" in printed
+    assert json.loads((tmp_path / "demo.wav.json").read_text())["model"].endswith("models/demo")

@@ -26,6 +26,7 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     gen.add_argument("--continue-from", help="an audio clip to continue; it counts towards --duration")
     gen.add_argument("--stream", action="store_true", help="write audio as it is generated, chunk by chunk")
+    gen.add_argument("--spectrogram", help="also draw the outputs' spectrograms into this image (png, svg)")
     gen.set_defaults(run=_generate)
 
 
@@ -116,3 +117,17 @@ def _generate(args: argparse.Namespace) -> None:
         }
         write_json(path.with_name(path.name + ".json"), sidecar)
         print(f"{path}: {args.duration:g} s generated in {elapsed:.1f} s ({args.duration / elapsed:.2f}x real time)")
+    if args.spectrogram:
+        from ssmttm.plots import save_spectrograms
+
+        seeds = range(args.seed, args.seed + len(prompts))
+        panels = [(f'"{p}" (seed {seed})', *_mono(path)) for p, seed, path in zip(prompts, seeds, outs, strict=True)]
+        save_spectrograms(args.spectrogram, panels, fmax=model.sample_rate / 2)
+        print(f"{args.spectrogram}: spectrograms of the outputs")
+
+
+def _mono(path: Path):
+    from ssmttm.data.audio import load_audio
+
+    wav, rate = load_audio(path)
+    return wav.mean(axis=0), rate
