@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,9 +131,3 @@ class TrainBatches:
                 self.batch += 1
                 yield batch
             self.epoch, self.batch = self.epoch + 1, 0
-
-
-def window_frames(collection: str | Path, seconds: float) -> int:
-    from ssmttm.data.shards import TokenStore
-
-    return max(1, round(TokenStore(collection).frame_rate * seconds))
