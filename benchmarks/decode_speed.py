@@ -36,6 +36,7 @@ from speed_common import (
     FRAME_RATE,
     THREADS,
     build,
+    chosen_sections,
     cpu_has_bf16,
     in_process,
     machine_line,
@@ -237,10 +238,7 @@ def main() -> None:
         worker({"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms}, json.loads(args.worker))
         return
     torch.set_num_threads(THREADS)
-    sections = args.sections.split(",")
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    sections = chosen_sections(parser, args.sections, SECTIONS)
     steps = 20 if args.quick else 200
     positions = 256 if args.quick else 2048
     print(machine_line() + "\n")

@@ -59,6 +59,7 @@ from speed_common import (
     TEXT_TOKENS,
     THREADS,
     build,
+    chosen_sections,
     cpu_has_bf16,
     in_process,
     machine_line,
@@ -412,10 +413,7 @@ def main() -> None:
         worker({"at": run_at, "generate": run_generate, "continuous": run_continuous}, json.loads(args.worker))
         return
     torch.set_num_threads(THREADS)
-    sections = args.sections.split(",")
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    sections = chosen_sections(parser, args.sections, SECTIONS)
     batches = [int(b) for b in args.batch.split(",")]
     if any(b < 2 or b % 2 for b in batches):
         parser.error("batch sizes count rows with their CFG twins: even, at least 2")

@@ -99,3 +99,12 @@ def worker(runs: dict[str, Callable[..., dict]], spec: dict) -> None:
     torch.set_num_threads(THREADS)
     kind = spec.pop("kind")
     print(json.dumps(runs[kind](**spec)))
+
+
+def chosen_sections(parser, value: str, known: list[str]) -> list[str]:
+    """The comma-separated `--sections` value, each checked against `known` (a parser error if not)."""
+    sections = value.split(",")
+    unknown = set(sections) - set(known)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return sections
