@@ -10,7 +10,7 @@ from ssmttm.config import LMConfig, load_preset
 from ssmttm.lm import MusicLM
 from ssmttm.training.flops import forward_flops, training_flops_per_token
 
-TOLERANCE = 0.10  # the issue's bound; the formulas land within 1% (the counter misses the conv)
+TOLERANCE = 0.02  # the issue asks 10%; 2% also catches causal attention counted at half cost
 TEXT_LEN = 8
 
 

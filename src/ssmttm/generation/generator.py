@@ -88,7 +88,8 @@ class Generator:
             if guided:
                 logits = classifier_free_guidance(logits[:batch], logits[batch:], sampling.cfg_scale)
             tokens = self._sample_column(logits, valid[:, s], sampling, generators)
-            tokens = torch.where(known[:, s], given[..., s], tokens)
+            if prompt is not None:  # the staircase of a continuation: its tokens, not sampled ones
+                tokens = torch.where(known[:, s], given[..., s], tokens)
             yield tokens
             if s + 1 < length:
                 logits, state = self.lm.step(torch.cat([tokens, tokens]) if guided else tokens, state)
