@@ -2,6 +2,7 @@
 
     DIR/model.safetensors   the LM's state dict (tensors only, no pickle)
     DIR/config.json         {"format_version": 1, "model": {LMConfig}, "codec": ..., "text_encoder": ...,
+                             "text_padding": "left" | "release",
                              "generation": {"cfg_scale", "temperature", "top_k"}, "trained_steps", "source"}
 
 The codec and the text encoder are frozen, so they are named (anything `load_codec` and
@@ -15,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -58,6 +59,9 @@ class PretrainedConfig:
     model: LMConfig
     codec: str  # a name, hub id or folder that `load_codec` accepts
     text_encoder: str  # a name, hub id or folder that `load_text_encoder` accepts
+    # The text encoder's output layout (ssmttm.text): "left" for our models; "release" for the
+    # authors' imported checkpoints, which were trained on it. Absent in older files: "left".
+    text_padding: Literal["left", "release"] = "left"
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     format_version: int = FORMAT_VERSION
     trained_steps: int | None = None  # optimizer steps behind the weights, when known
@@ -73,6 +77,7 @@ def save_pretrained(
     generation: GenerationDefaults | None = None,
     trained_steps: int | None = None,
     source: str = "",
+    text_padding: Literal["left", "release"] = "left",
 ) -> Path:
     """Write `model` to `directory` (created if needed) as model.safetensors + config.json; returns the folder.
 
@@ -84,6 +89,7 @@ def save_pretrained(
         model=model.cfg,
         codec=codec,
         text_encoder=text_encoder,
+        text_padding=text_padding,
         generation=generation or GenerationDefaults(),
         trained_steps=trained_steps,
         source=source,

@@ -110,6 +110,7 @@ def _generate(args: argparse.Namespace) -> None:
             "model": source,
             "codec": model.config.codec,
             "text_encoder": model.config.text_encoder,
+            "text_padding": model.config.text_padding,
             "continue_from": args.continue_from,
             "sample_rate": model.sample_rate,
             "generation_s": round(elapsed, 3),

@@ -18,6 +18,8 @@ from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance,
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
 
+Text = tuple[Tensor, Tensor]  # embeddings (B, L, text_dim) and mask (B, L)
+
 
 class Generator:
     def __init__(self, lm: MusicLM, weight_dtype: torch.dtype | None = None) -> None:
@@ -40,12 +42,15 @@ class Generator:
         seed: int | Sequence[int] | None = None,
         progress: bool = False,
         prompt: Tensor | None = None,
+        uncond: Text | None = None,
     ) -> Tensor:
         """text (B, L, text_dim), left-padded with text_mask (B, L) -> codes (B, K, num_frames).
 
         `prompt` (B, K, P), P <= num_frames: frames to continue; the output starts with them.
+        `uncond`: the text and mask of CFG's unconditional rows, shaped like `text` and `text_mask`;
+        None is the LM's null condition (no real text position).
         """
-        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt))
+        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt, uncond))
         return self.lm.pattern.revert(torch.stack(columns, dim=-1), num_frames)
 
     @torch.no_grad()
@@ -58,6 +63,7 @@ class Generator:
         seed: int | Sequence[int] | None = None,
         progress: bool = False,
         prompt: Tensor | None = None,
+        uncond: Text | None = None,
     ) -> Iterator[Tensor]:
         """Yield the pattern sequence one column (B, K) at a time, special ids included.
 
@@ -72,9 +78,9 @@ class Generator:
         guided = sampling.cfg_scale != 1.0
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        if guided:  # the unconditional twin of each row: no real text, i.e. the null condition
-            text = torch.cat([text, torch.zeros_like(text)])
-            text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
+        if guided:  # the unconditional twin of each row: by default no real text, i.e. the null condition
+            null_text, null_mask = uncond or (torch.zeros_like(text), torch.zeros_like(text_mask))
+            text, text_mask = torch.cat([text, null_text]), torch.cat([text_mask, null_mask.bool()])
         generators = _row_generators(seed, batch, text.device)
         valid = pattern.valid_mask(num_frames, device=text.device)  # (K, S)
         length = valid.shape[1]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ssmttm.codecs import Codec, load_codec
-from ssmttm.generation.generator import Generator
+from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
 from ssmttm.patterns import StreamingRevert
@@ -63,6 +63,8 @@ class TextToMusic:
             raise GenerationError(
                 f"text encoder gives {text_encoder.dim}-d embeddings; the model reads {lm.cfg.text_dim}"
             )
+        if text_encoder.padding == "release" and lm.cfg.text_mask != "ignore":
+            raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")
         self.lm, self.codec, self.text_encoder, self.config = lm.eval(), codec, text_encoder, config
         self.generator = Generator(lm, weight_dtype)
         self.max_duration = max_duration
@@ -74,7 +76,7 @@ class TextToMusic:
         """An exported model (folder or hub id) with the codec and text encoder its config names."""
         lm, config = load_pretrained(source, device=device, dtype=torch.float32)
         codec = load_codec(config.codec, lm.cfg.num_codebooks, device=device)
-        text_encoder = load_text_encoder(config.text_encoder, device)
+        text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
         return cls(lm, codec, text_encoder, config, weight_dtype)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -86,6 +88,7 @@ class TextToMusic:
             generation=self.config.generation,
             trained_steps=self.config.trained_steps,
             source=self.config.source,
+            text_padding=self.config.text_padding,
         )
 
     @property
@@ -122,15 +125,24 @@ class TextToMusic:
         check_duration(duration, self.max_duration)
         return max(1, math.ceil(duration * self.frame_rate))
 
-    def _text(self, prompts: str | Sequence[str]) -> tuple[list[str], Tensor, Tensor]:
+    def _text(self, prompts: str | Sequence[str], sampling: SamplingConfig) -> tuple[Tensor, Tensor, Text | None]:
+        """Embeddings (B, L, D) and mask (B, L) of the prompts, and CFG's unconditional text when guided.
+
+        The unconditional rows are the empty caption, encoded in one batch with the prompts, as the
+        release does. With our encoders that is the LM's null condition (rows with no real position);
+        in the release's layout, T5's </s> padded like the prompts.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise GenerationError("no prompt given")
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise GenerationError(f"empty prompt {prompt!r}: describe the music to generate")
-        emb, mask = self.text_encoder.embed(prompts)  # warns when a prompt is truncated
-        return prompts, emb, mask
+        if sampling.cfg_scale == 1.0:
+            return (*self.text_encoder.embed(prompts), None)  # warns when a prompt is truncated
+        emb, mask = self.text_encoder.embed(prompts + [""] * len(prompts))  # (2B, L, D), (2B, L)
+        batch = len(prompts)
+        return emb[:batch], mask[:batch], (emb[batch:], mask[batch:])
 
     def _continuation(self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, frames: int):
         """Codes (B, K, P) of the clip to continue, the same clip for every prompt."""
@@ -163,9 +175,9 @@ class TextToMusic:
         encoded and continued, and the output starts with its frames."""
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
-        _, text, mask = self._text(prompts)
+        text, mask, uncond = self._text(prompts, sampling)
         prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
-        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt)
+        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt, uncond)
 
     def generate(self, prompts: str | Sequence[str], duration: float = 10.0, **kwargs) -> Tensor:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
@@ -191,14 +203,14 @@ class TextToMusic:
         """
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
-        _, text, mask = self._text(prompts)
+        text, mask, uncond = self._text(prompts, sampling)
         prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
         chunk = max(1, round(chunk_seconds * self.frame_rate))
         revert = StreamingRevert(self.lm.pattern)
         decoder = self.codec.stream_decoder()
         pending: list[Tensor] = []
         remaining = round(duration * self.sample_rate)
-        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt)
+        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt, uncond)
         for column in columns:
             frame = revert.push(column)
             if frame.shape[-1]:

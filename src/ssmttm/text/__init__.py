@@ -16,6 +16,7 @@ from ssmttm.text.t5 import FLAN_T5_BASE
 __all__ = ["EmbeddingCache", "TextEncoder", "TextEncoderError", "Tokens", "load_text_encoder", "pad_left"]
 
 EMBEDDED = "minilm"  # ships as a Python package: works offline
+PADDINGS = ("left", "release")  # output layouts: ours, and the authors' (text/release.py)
 
 # Short names users type, and what they load.
 NAMES = {
@@ -27,13 +28,20 @@ NAMES = {
 }
 
 
-def load_text_encoder(name: str, device: str | torch.device = "cpu", max_length: int | None = None) -> TextEncoder:
+def load_text_encoder(
+    name: str, device: str | torch.device = "cpu", max_length: int | None = None, padding: str = "left"
+) -> TextEncoder:
     """A frozen text encoder by short name ("t5", "minilm"), hub id ("google/flan-t5-base") or local folder.
 
-    `max_length` (tokens, special tokens included) defaults to the encoder's own limit. Optional
-    dependencies load lazily: only the encoder asked for is imported.
+    `max_length` (tokens, special tokens included) defaults to the encoder's own limit. `padding`
+    is the output layout: "left" (ours) or "release" (the authors' T5 path, text/release.py).
+    Optional dependencies load lazily: only the encoder asked for is imported.
     """
+    if padding not in PADDINGS:
+        raise TextEncoderError(f"unknown text padding {padding!r}: use one of {', '.join(PADDINGS)}")
     source = NAMES.get(name, name)
+    if padding == "release" and source == EMBEDDED:
+        raise TextEncoderError(f"release padding is the authors' T5 text path; {name!r} is not a T5 encoder")
     if source == EMBEDDED:
         from ssmttm.text.minilm import MiniLMEncoder
 
@@ -49,6 +57,13 @@ def load_text_encoder(name: str, device: str | torch.device = "cpu", max_length:
     else:
         known = ", ".join(sorted(NAMES))
         raise TextEncoderError(f"unknown text encoder {name!r}: use one of {known}, a hub id or a local model folder")
+    if padding == "release":
+        if kind != "t5":
+            what = f"a {kind} encoder" if kind else "not a T5 encoder"
+            raise TextEncoderError(f"release padding is the authors' T5 text path; {name!r} is {what}")
+        from ssmttm.text.release import ReleaseT5Encoder
+
+        return ReleaseT5Encoder.from_pretrained(source, device, max_length)
     if kind == "t5":
         from ssmttm.text.t5 import T5Encoder
 

@@ -4,10 +4,12 @@
 encoder runs once per batch on its device. Encoders are frozen and are plain objects, not
 `nn.Module`s, so they never become children of a model and never enter an LM checkpoint.
 
-Output layout, the one `MusicLM` expects: rows are left-padded, so a caption's last token sits in
-the last column. A caption with no tokens (the empty string) has an all-False row; a batch of only
-empty captions has L == 0. Special tokens (BERT's [CLS]/[SEP], T5's </s>) count as tokens of a
-non-empty caption, since the encoder was trained with them, but an empty caption has none.
+Output layout (`padding = "left"`), the one our models train on: rows are left-padded, so a
+caption's last token sits in the last column. A caption with no tokens (the empty string) has an
+all-False row; a batch of only empty captions has L == 0. Special tokens (BERT's [CLS]/[SEP], T5's
+</s>) count as tokens of a non-empty caption, since the encoder was trained with them, but an empty
+caption has none. The authors' checkpoints were trained on another layout, `padding = "release"`
+(text/release.py): right-padded, every position kept.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class TextEncoder(ABC):
     dim: int
     max_length: int  # tokens per caption, special tokens included; longer captions are truncated
     device: torch.device
+    padding: str = "left"  # the output layout (see the module docstring): "left" or "release"
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> Tokens:

@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from ssmttm.files import atomic_write
-from ssmttm.text.base import TextEncoder, pad_left
+from ssmttm.text.base import TextEncoder, TextEncoderError, pad_left
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class EmbeddingCache:
     def embed(self, encoder: TextEncoder, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Like `encoder.embed(texts)`: (B, L, dim) left-padded to the longest caption, mask (B, L),
         on the encoder's device. Only the captions not on disk are encoded, in one batch."""
+        if encoder.padding != "left":  # a caption's positions must not depend on its batch mates
+            raise TextEncoderError(f"the caption cache needs left padding; {encoder.id} pads as {encoder.padding!r}")
         rows = [self.get(encoder, text) for text in texts]
         misses = list(dict.fromkeys(text for text, row in zip(texts, rows, strict=True) if row is None))
         if misses:

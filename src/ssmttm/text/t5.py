@@ -12,6 +12,8 @@ FLAN_T5_BASE = "google/flan-t5-base"
 class T5Encoder(TransformersEncoder):
     """Per-token outputs of a T5 encoder stack; the decoder weights of a full checkpoint are not loaded."""
 
+    kind = "t5"  # the first part of the encoder's id
+
     @classmethod
     def from_pretrained(
         cls, source: str = FLAN_T5_BASE, device: str | torch.device = "cpu", max_length: int | None = None
@@ -20,4 +22,4 @@ class T5Encoder(TransformersEncoder):
         from transformers import T5EncoderModel
 
         model, tokenizer = load_pretrained(T5EncoderModel, source)
-        return cls(model, tokenizer, "t5", source, max_length, device)
+        return cls(model, tokenizer, cls.kind, source, max_length, device)
