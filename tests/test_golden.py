@@ -5,17 +5,18 @@ The fixtures in tests/golden/ were produced by mamba_ssm's own modules and by th
 """
 
 import json
-import re
 
 import pytest
 import torch
+from conftest import save_release_checkpoint
 from safetensors.torch import load_file
 
 from ssmttm.backbones.base import Context
 from ssmttm.backbones.mamba import Mamba
 from ssmttm.backbones.mamba2 import Mamba2
-from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config, MambaConfig
-from ssmttm.lm import MusicLM
+from ssmttm.config import Mamba2Config, MambaConfig
+from ssmttm.pretrained import load_pretrained
+from ssmttm.release import import_release
 
 
 def load_golden(golden_dir, name):
@@ -64,64 +65,25 @@ def test_mixer_steps_match_mamba_ssm(golden_dir, name, split):
     torch.testing.assert_close(state.conv, golden["final_conv_state"], atol=1e-4, rtol=0)
 
 
-# The release's names onto ours. The release-import issue owns the real importer; this table only
-# proves that our SiMBA has the release's exact structure.
-RELEASE_NAMES = [
-    (r"^condition_linear\.", "text_proj."),
-    (r"^condition_norm\.", "text_norm."),
-    (r"^embedding\.", "embeddings."),
-    (r"^lm_head\.", "heads."),
-    (r"^backbone\.(\d+)\.mamba\.norm\.", r"backbone.layers.\1.mixer_norm."),
-    (r"^backbone\.(\d+)\.mamba\.mamba\.", r"backbone.layers.\1.mixer."),
-    (r"^backbone\.(\d+)\.ff\.norm\.", r"backbone.layers.\1.mlp_norm."),
-    (r"^backbone\.(\d+)\.ff\.feed_forward\.0\.", r"backbone.layers.\1.mlp.fc1."),
-    (r"^backbone\.(\d+)\.ff\.feed_forward\.3\.", r"backbone.layers.\1.mlp.fc2."),
-]
-
-
-def rename(key):
-    for pattern, replacement in RELEASE_NAMES:
-        new, count = re.subn(pattern, replacement, key)
-        if count:
-            return new
-    raise KeyError(key)
-
-
-def release_lm(golden_dir):
+def release_lm(golden_dir, tmp_path):
+    """The golden model through the importer, exactly as a real checkpoint goes: a Lightning .ckpt,
+    `import_release`, then `load_pretrained` of the folder it wrote."""
     golden, config, weights = load_golden(golden_dir, "release_simba_k4")
-    cfg = LMConfig(
-        num_codebooks=config["codec_layer"],
-        cardinality=config["vocab_size"] - 1,
-        text_dim=golden["text_embeddings"].shape[-1],
-        positions="sinusoidal",
-        text_mask="ignore",
-        backbone=BackboneConfig(
-            kind="simba",
-            d_model=config["d_model"],
-            n_layers=config["layers"],
-            mlp_hidden=2 * config["d_model"],
-            dropout=0.3,  # the release's; inactive in eval mode
-            final_norm=False,
-            mamba2=Mamba2Config(
-                d_state=config["d_state"], d_conv=config["d_conv"], expand=config["expand"], chunk_size=8
-            ),
-        ),
-    )
-    lm = MusicLM(cfg).eval()
-    missing, unexpected = lm.load_state_dict({rename(k): v for k, v in weights.items()}, strict=False)
-    assert missing == ["null_embedding"] and unexpected == []  # every release tensor has a home
+    ckpt = save_release_checkpoint(tmp_path / "golden.ckpt", weights, config)
+    import_release(ckpt, tmp_path / "model")
+    lm, _ = load_pretrained(tmp_path / "model")
     return lm, golden
 
 
-def test_simba_has_the_release_layout_forward(golden_dir):
-    lm, golden = release_lm(golden_dir)
+def test_imported_release_model_forward(golden_dir, tmp_path):
+    lm, golden = release_lm(golden_dir, tmp_path)
     with torch.no_grad():
         logits = lm(golden["codes"], golden["text_embeddings"])
     torch.testing.assert_close(logits, golden["logits"], atol=1e-4, rtol=0)
 
 
-def test_simba_has_the_release_layout_step_by_step(golden_dir):
-    lm, golden = release_lm(golden_dir)
+def test_imported_release_model_step_by_step(golden_dir, tmp_path):
+    lm, golden = release_lm(golden_dir, tmp_path)
     codes = golden["codes"]
     with torch.no_grad():
         logits, state = lm.prefill(golden["text_embeddings"])

@@ -20,21 +20,6 @@ ENCODERS = ["tiny_t5", "minilm"]
 
 
 @pytest.fixture(scope="session")
-def tiny_t5_dir(tmp_path_factory):
-    """A one-layer T5 encoder with random weights and the paper's width (768), and ByT5's tokenizer,
-    which needs no vocabulary file; saved like a downloaded model."""
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    tokenizer = ByT5Tokenizer()
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=len(tokenizer), d_model=768, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-    path = tmp_path_factory.mktemp("tiny_t5")
-    T5EncoderModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def tiny_t5(tiny_t5_dir) -> TextEncoder:
     return load_text_encoder(str(tiny_t5_dir))
 

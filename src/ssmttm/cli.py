@@ -13,6 +13,7 @@ from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.generation.command import add_generate_command
 from ssmttm.lm import count_parameters
+from ssmttm.release.command import add_import_command
 from ssmttm.training.command import add_training_commands
 from ssmttm.training.plot import add_plot_command
 
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_codec_commands(commands)
     add_training_commands(commands)
     add_generate_command(commands)
+    add_import_command(commands)
     add_plot_command(commands)
     return parser
 
