@@ -16,6 +16,9 @@ Sections (all by default; `--sections table,forward` picks some):
              difference from fp32.
   ablations  what the CPU-specific choices buy: the matmul form for decoding, the bf16 kernel,
              and the allocator setting, each against its alternative.
+  release    simba-300m as an imported authors' checkpoint runs (`ssmttm import-release`): the
+             release's text mode (a 60-token prefix, the text mask ignored) and sinusoidal
+             positions; steps/s at batch 2.
 
 All runs use 2 threads and random weights.
 
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from speed_common import (
     FRAME_RATE,
+    TEXT_TOKENS,
     THREADS,
     build,
     chosen_sections,
@@ -51,14 +55,26 @@ from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights, linear
 
 EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
-SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations"]
+SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations", "release"]
+# What an imported release model differs from simba-300m in (tests/test_release.py checks it).
+RELEASE_MODE = ["positions=sinusoidal", "text_mask=ignore"]
+RELEASE_PREFIX = 60  # the release pads every caption batch to at least 60 T5 tokens (text/release.py)
 
 
 @torch.no_grad()
-def run_steps(preset: str, batch: int, steps: int, bf16: bool = False) -> dict:
+def run_steps(
+    preset: str,
+    batch: int,
+    steps: int,
+    bf16: bool = False,
+    overrides: list[str] | None = None,
+    text_tokens: int = TEXT_TOKENS,
+) -> dict:
     """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory."""
-    lm, text = build(preset, batch, torch.bfloat16 if bf16 else None)
+    lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
+    start = time.perf_counter()
     _, state = lm.prefill(text)
+    prefill_s = time.perf_counter() - start
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
         _, state = lm.step(tokens, state)
@@ -67,7 +83,12 @@ def run_steps(preset: str, batch: int, steps: int, bf16: bool = False) -> dict:
     for _ in range(steps):
         _, state = lm.step(tokens, state)
     elapsed = time.perf_counter() - start
-    return {"steps_per_s": steps / elapsed, "peak_rss_mib": peak_rss_mib(), "rss_growth_mib": rss_mib() - rss_start}
+    return {
+        "steps_per_s": steps / elapsed,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_growth_mib": rss_mib() - rss_start,
+        "prefill_s": prefill_s,
+    }
 
 
 @torch.no_grad()
@@ -228,6 +249,22 @@ def section_ablations(positions: int) -> None:
     )
 
 
+def section_release(steps: int) -> None:
+    """Release mode, and our default mode run beside it, so both see the same machine load."""
+    release = in_process(
+        "steps", preset="simba-300m", batch=2, steps=steps, overrides=RELEASE_MODE, text_tokens=RELEASE_PREFIX
+    )
+    ours = in_process("steps", preset="simba-300m", batch=2, steps=steps)
+    print(
+        f"simba-300m in release mode ({RELEASE_PREFIX}-token prefix, sinusoidal positions, text mask ignored), "
+        f"batch 2, fp32: {release['steps_per_s']:.2f} steps/s over {steps} steps, "
+        f"prefill {release['prefill_s']:.2f} s, "
+        f"peak RSS {release['peak_rss_mib']:.0f} MiB, RSS growth {release['rss_growth_mib']:+.1f} MiB; "
+        f"our mode ({TEXT_TOKENS}-token prefix, no positions) in the same run: {ours['steps_per_s']:.2f} steps/s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 s clips and fewer steps: a smoke run")
@@ -255,6 +292,8 @@ def main() -> None:
         section_bf16(steps)
     if "ablations" in sections:
         section_ablations(positions)
+    if "release" in sections:
+        section_release(steps)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,19 @@ TEXT_TOKENS = 32
 THREADS = 2
 
 
-def build(preset: str, batch: int, weight_dtype: torch.dtype | None = None) -> tuple[MusicLM, torch.Tensor]:
-    """A preset with random weights (seed 0), ready to decode, and random text (batch, TEXT_TOKENS, text_dim)."""
+def build(
+    preset: str,
+    batch: int,
+    weight_dtype: torch.dtype | None = None,
+    overrides: list[str] | None = None,
+    text_tokens: int = TEXT_TOKENS,
+) -> tuple[MusicLM, torch.Tensor]:
+    """A preset (with config overrides) with random weights (seed 0), ready to decode, and random
+    text (batch, text_tokens, text_dim)."""
     torch.manual_seed(0)
-    cfg = load_preset(preset)
+    cfg = load_preset(preset, overrides)
     lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
-    return lm, torch.randn(batch, TEXT_TOKENS, cfg.text_dim)
+    return lm, torch.randn(batch, text_tokens, cfg.text_dim)
 
 
 def peak_rss_mib() -> float:
