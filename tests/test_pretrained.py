@@ -150,7 +150,7 @@ BROKEN = {
     ),
     "other shapes": (
         lambda d: _swap_weights(d, cardinality=12),
-        "does not match its config.json: shape of embeddings.0.weight (13, 32) (config says (12, 32))",
+        "does not match its config.json: wrong shape: embeddings.0.weight (13, 32) (expected (12, 32))",
     ),
 }
 

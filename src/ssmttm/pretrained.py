@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -224,24 +225,26 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 def _check_state(expected: dict[str, Tensor], found: dict[str, Tensor], path: Path) -> None:
     """One line naming the first few missing, unexpected or mis-shaped tensors, if any."""
-    missing = [key for key in expected if key not in found]
-    unexpected = [key for key in found if key not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
+    problems = state_dict_problems(expected, found)
     if problems:
         raise PretrainedError(f"{path} does not match its config.json: {'; '.join(problems)}")
+
+
+def state_dict_problems(
+    expected: dict[str, Tensor], found: dict[str, Tensor], name: Callable[[str], str] = str
+) -> list[str]:
+    """What keeps `found` from loading into a model whose state dict is `expected`: missing,
+    unexpected and mis-shaped tensors, the first few of each, with keys spelled by `name`."""
+    missing = [name(key) for key in expected if key not in found]
+    unexpected = [name(key) for key in found if key not in expected]
     shapes = [
-        f"{key} {tuple(found[key].shape)} (config says {tuple(expected[key].shape)})"
-        for key in expected
-        if found[key].shape != expected[key].shape
+        f"{name(key)} {tuple(found[key].shape)} (expected {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in found and found[key].shape != value.shape
     ]
-    if shapes:
-        raise PretrainedError(f"{path} does not match its config.json: shape of {_few(shapes)}")
-
-
-def _few(items: list[Any], limit: int = 3) -> str:
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(map(str, items[:limit])) + more
+    problems = []
+    for label, items in (("missing ", missing), ("unexpected ", unexpected), ("wrong shape: ", shapes)):
+        if items:
+            more = f" and {len(items) - 4} more" if len(items) > 4 else ""
+            problems.append(label + ", ".join(items[:4]) + more)
+    return problems

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config
 from ssmttm.lm import MusicLM
+from ssmttm.pretrained import state_dict_problems
 
 # (release prefix, our prefix); {i} stands for a block or codebook index.
 PREFIXES = [
@@ -208,20 +209,7 @@ def _rename(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def _check(expected: dict[str, Tensor], found: dict[str, Tensor], prefix: str) -> None:
     """One error naming (in the release's spelling) every unexpected, missing or mis-shaped tensor."""
-    problems = []
-    unexpected = [prefix + str(to_release(key)) for key in found if key not in expected]
-    missing = [prefix + str(to_release(key)) for key in expected if key not in found]
-    shapes = [
-        f"{prefix}{to_release(key)} {tuple(found[key].shape)} (expected {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in found and found[key].shape != value.shape
-    ]
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if shapes:
-        problems.append(f"wrong shape: {_few(shapes)}")
+    problems = state_dict_problems(expected, found, lambda key: prefix + str(to_release(key)))
     if problems:
         raise ReleaseError(f"the checkpoint does not hold a complete release model: {'; '.join(problems)}")
 
