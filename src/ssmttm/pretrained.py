@@ -242,9 +242,11 @@ def state_dict_problems(
         for key, value in expected.items()
         if key in found and found[key].shape != value.shape
     ]
-    problems = []
-    for label, items in (("missing ", missing), ("unexpected ", unexpected), ("wrong shape: ", shapes)):
-        if items:
-            more = f" and {len(items) - 4} more" if len(items) > 4 else ""
-            problems.append(label + ", ".join(items[:4]) + more)
-    return problems
+    labelled = (("missing ", missing), ("unexpected ", unexpected), ("wrong shape: ", shapes))
+    return [label + few(items) for label, items in labelled if items]
+
+
+def few(items: list[str], limit: int = 4) -> str:
+    """The first `limit` items, and how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

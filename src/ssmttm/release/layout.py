@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config
 from ssmttm.lm import MusicLM
-from ssmttm.pretrained import state_dict_problems
+from ssmttm.pretrained import few, state_dict_problems
 
 # (release prefix, our prefix); {i} stands for a block or codebook index.
 PREFIXES = [
@@ -203,7 +203,7 @@ def _rename(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
         else:
             renamed[ours] = tensor
     if unknown:
-        raise ReleaseError(f"the checkpoint has tensors a release prefix-SiMBA has not: {_few(unknown)}")
+        raise ReleaseError(f"the checkpoint has tensors a release prefix-SiMBA has not: {few(unknown)}")
     return renamed
 
 
@@ -212,8 +212,3 @@ def _check(expected: dict[str, Tensor], found: dict[str, Tensor], prefix: str) -
     problems = state_dict_problems(expected, found, lambda key: prefix + str(to_release(key)))
     if problems:
         raise ReleaseError(f"the checkpoint does not hold a complete release model: {'; '.join(problems)}")
-
-
-def _few(items: list[str], limit: int = 4) -> str:
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
