@@ -43,11 +43,15 @@ def test_fused_step_equals_reference(batch, ngroups):
     torch.testing.assert_close(states["fused"][1], states["ref"][1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype):
-    layer = torch.nn.Linear(100, 40, bias=with_bias).to(dtype)  # 100: a width with a remainder
+    if rows > cpu_kernels.linear_max_rows():
+        pytest.skip("this CPU's kernel takes at most 4 rows (no AVX-512)")
+    # 100 inputs: a width with a remainder after 16-wide vectors; 42 outputs: not a multiple of 4,
+    # the weight rows the loop takes at a time, so the single-row tail runs too.
+    layer = torch.nn.Linear(100, 42, bias=with_bias).to(dtype)
     x = torch.randn(rows, 100)
     with torch.no_grad():
         assert _kernel_applies(x, layer.weight)
@@ -55,5 +59,13 @@ def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, d
         expected = x.double() @ layer.weight.double().T
         if with_bias:
             expected = expected + layer.bias.double()
-    assert y.dtype == torch.float32
+    assert y.dtype == torch.float32 and y.shape == (rows, 42)
     torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-5)  # exact weights, fp32 sums
+
+
+def test_more_rows_than_the_kernel_takes_go_to_the_matmul():
+    layer = torch.nn.Linear(64, 32)
+    x = torch.randn(cpu_kernels.linear_max_rows() + 1, 64)
+    with torch.no_grad():
+        assert not _kernel_applies(x, layer.weight)
+        torch.testing.assert_close(linear(x, layer), layer(x))

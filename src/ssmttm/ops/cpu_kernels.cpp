@@ -5,8 +5,9 @@
 // (b, h, p, n) SSM state several times (decay, rank-1 update, readout). Here each state entry is
 // read once and written once, with the readout accumulated on the way. Twin: mamba2_step_ref.
 //
-// linear_rows: y = x W^T + b for 1-4 rows. MKL and oneDNN stream weights slower than this plain loop
-// at these batch sizes (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
+// linear_rows: y = x W^T + b for 1-8 rows (1-4 without AVX-512). At these batch sizes MKL and
+// oneDNN stream weights no faster than this loop, and on some CPUs several times slower
+// (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -96,7 +97,7 @@ torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch:
   return y;
 }
 
-// linear_rows: y = x W^T + b for 1-4 fp32 rows x and fp32 or bf16 weights W. One pass over each
+// linear_rows: y = x W^T + b for a few fp32 rows x and fp32 or bf16 weights W. One pass over each
 // weight row, all rows of x at once; bf16 widens to fp32 (a 16-bit shift) on the fly and sums in fp32.
 static inline float widen(float v) { return v; }
 static inline float widen(uint16_t v) {
@@ -129,6 +130,69 @@ static void dot_rows(const T* W, const float* X, float* Y, int64_t out, int64_t 
   }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+// With AVX-512: four weight rows at a time against all rows of x, R x NB independent accumulators.
+// The plain loop above keeps one dependency chain per x row and reloads x for every weight row;
+// here each x vector is loaded once per four weight rows and the FMAs of different chains overlap,
+// so the loop keeps up with memory (bf16 especially: benchmarks/README.md, weight streaming).
+static inline __m512 load16(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
+static inline __m512 load16(const uint16_t* w, __mmask16 m) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// How far ahead of the loads each weight row is prefetched: on the 2-core Xeon VM it took bf16
+// weights from 18 to 21 GB/s (4 rows at a time leave the hardware prefetcher behind); fp32 is unchanged.
+#define PREFETCH_BYTES 1024
+template <typename T, int NB, int R>
+static inline void fma_columns(const T* W, const float* X, __m512 (&acc)[R][NB], int64_t in, int64_t o, int64_t i,
+                               __mmask16 m) {
+  __m512 xv[NB];
+  for (int b = 0; b < NB; ++b) xv[b] = _mm512_maskz_loadu_ps(m, X + b * in + i);
+  for (int r = 0; r < R; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(W + (o + r) * in + i) + PREFETCH_BYTES, _MM_HINT_T0);
+    const __m512 w = load16(W + (o + r) * in + i, m);
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_fmadd_ps(w, xv[b], acc[r][b]);
+  }
+}
+
+template <typename T, int NB, int R>
+static void dot_block(const T* W, const float* X, float* Y, int64_t out, int64_t in, int64_t o) {
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+  const int64_t body = in - in % 16;
+  for (int64_t i = 0; i < body; i += 16) fma_columns<T, NB, R>(W, X, acc, in, o, i, static_cast<__mmask16>(0xFFFF));
+  if (body < in) fma_columns<T, NB, R>(W, X, acc, in, o, body, static_cast<__mmask16>((1u << (in - body)) - 1));
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) Y[b * out + o + r] = _mm512_reduce_add_ps(acc[r][b]);
+}
+
+template <typename T, int NB, int R = 4>
+static void dot_rows_avx512(const T* W, const float* X, float* Y, int64_t out, int64_t in) {
+  const int64_t blocks = out / R;
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) dot_block<T, NB, R>(W, X, Y, out, in, blk * R);
+  });
+  for (int64_t o = blocks * R; o < out; ++o) dot_block<T, NB, 1>(W, X, Y, out, in, o);
+}
+
+template <typename T>
+static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
+  switch (rows) {
+    case 1: dot_rows_avx512<T, 1>(W, X, Y, out, in); break;
+    case 2: dot_rows_avx512<T, 2>(W, X, Y, out, in); break;
+    case 3: dot_rows_avx512<T, 3>(W, X, Y, out, in); break;
+    case 4: dot_rows_avx512<T, 4>(W, X, Y, out, in); break;
+    default: dot_rows_avx512<T, 8, 2>(W, X, Y, out, in); break;  // 16 accumulators + 8 x vectors in registers
+  }
+}
+// Rows 5-8 run as 8, zero-padded: the extra FMAs are free, the weights are not. Past 8 rows the
+// loop runs out of registers and MKL's W @ x.T is faster (16 rows on the Xeon VM: 12 against 15 GB/s).
+static constexpr int64_t MAX_ROWS = 8;
+static int64_t padded_rows(int64_t rows) { return rows <= 4 ? rows : 8; }
+#else
 template <typename T>
 static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
@@ -140,6 +204,9 @@ static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t 
     }
   });
 }
+static constexpr int64_t MAX_ROWS = 4;
+static int64_t padded_rows(int64_t rows) { return rows; }
+#endif
 
 torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
   const auto dtype = weight.scalar_type();
@@ -147,19 +214,25 @@ torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<t
                   weight.device().is_cpu(), "linear_rows: contiguous fp32 or bf16 CPU weights");
   x = x.contiguous().to(torch::kFloat32);
   const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= 4 && weight.size(1) == in, "linear_rows: 1-4 rows of matching width");
-  auto y = torch::empty({rows, out}, x.options());
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS && weight.size(1) == in, "linear_rows: too many rows, or widths differ");
+  const int64_t padded = padded_rows(rows);
+  if (padded > rows) x = torch::cat({x, x.new_zeros({padded - rows, in})});
+  auto y = torch::empty({padded, out}, x.options());
   if (dtype == torch::kFloat32) {
-    dot_all(weight.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), rows, out, in);
+    dot_all(weight.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), padded, out, in);
   } else {
     const auto* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-    dot_all(W, x.data_ptr<float>(), y.data_ptr<float>(), rows, out, in);
+    dot_all(W, x.data_ptr<float>(), y.data_ptr<float>(), padded, out, in);
   }
+  if (padded > rows) y = y.narrow(0, 0, rows);
   if (bias.has_value()) y.add_(bias->to(torch::kFloat32));
   return y;
 }
 
+int64_t linear_max_rows() { return MAX_ROWS; }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
-  m.def("linear_rows", &linear_rows, "x W^T + b for 1-4 fp32 rows, fp32 or bf16 weights");
+  m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights");
+  m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }

@@ -29,6 +29,12 @@ def extension():
 
 
 @functools.cache
+def linear_max_rows() -> int:
+    """The most rows `linear_rows` takes in one call (8 with AVX-512, else 4); needs `available()`."""
+    return int(extension().linear_max_rows())
+
+
+@functools.cache
 def available() -> bool:
     if os.environ.get("SSMTTM_NO_CPU_KERNELS") == "1":
         return False

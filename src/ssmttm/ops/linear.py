@@ -1,10 +1,12 @@
 """Linear layers for decoding, where a step multiplies a few rows by every weight matrix.
 
 At batch 1-16 a decoding step is bound by reading the weights, and how fast a CPU streams them
-depends on the call: `F.linear(x, W)` reads fp32 weights several times slower than `W @ x.T` with
-a contiguous x, and at 1-4 rows our C++ loop (cpu_kernels.cpp) reads fp32 and bf16 weights faster
-than MKL and oneDNN do (benchmarks/README.md). Every Linear of the models goes through `linear`, so
-training, prefill and decoding share one code path, in fp32 or with bf16 weights.
+depends on the call and the CPU: on an AMD EPYC `F.linear(x, W)` read fp32 weights several times
+slower than `W @ x.T` with a contiguous x, on an Intel Xeon it is the faster of the two. At 1-8
+rows (1-4 without AVX-512) our C++ loop (cpu_kernels.cpp) reads fp32 weights as fast as the best
+of them on both, and bf16 weights faster (benchmarks/README.md). Every Linear of the models goes
+through `linear`, so training, prefill and decoding share one code path, in fp32 or with bf16
+weights.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmttm.ops import cpu_kernels
-
-KERNEL_MAX_ROWS = 4
 
 
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
@@ -35,13 +35,13 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
 
 def _kernel_applies(x: Tensor, weight: Tensor) -> bool:
     return (
-        x.shape[0] <= KERNEL_MAX_ROWS
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and weight.dtype in (torch.float32, torch.bfloat16)
         and x.is_cpu
         and weight.is_contiguous()
         and not torch.is_grad_enabled()
         and cpu_kernels.available()
+        and x.shape[0] <= cpu_kernels.linear_max_rows()
     )
 
 
