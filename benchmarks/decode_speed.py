@@ -40,18 +40,19 @@ from speed_common import (
     TEXT_TOKENS,
     THREADS,
     build,
+    bytes_per_step,
     chosen_sections,
     cpu_has_bf16,
     in_process,
     machine_line,
     peak_rss_mib,
+    read_bandwidth_gbs,
     rss_mib,
     timed,
     worker,
 )
 
 from ssmttm.generation import Generator
-from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights, linear
 
 EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
@@ -127,28 +128,6 @@ def run_matmul_forms(batch: int = 2, repeats: int = 3) -> dict:
     result["bf16 our kernel"] = rate(lambda: [linear(inputs[id(m)], m) for m in layers], fp32_bytes / 2)
     result["sum of 1 GiB"] = read_bandwidth_gbs()
     return result
-
-
-def read_bandwidth_gbs(repeats: int = 5) -> float:
-    """Bandwidth of a large streaming read: summing a 1 GiB fp32 tensor (best of `repeats`)."""
-    big = torch.ones(2**28)
-    big.sum()
-    return big.numel() * 4 / min(timed(big.sum) for _ in range(repeats)) / 1e9
-
-
-def bytes_per_step(lm: MusicLM, batch: int) -> int:
-    """Bytes one step reads: every weight it multiplies by, plus the decoding state.
-
-    The embedding tables contribute only the K rows looked up; the text projection is not used.
-    """
-    skip = {id(p) for m in (lm.embeddings, lm.text_proj, lm.text_norm) for p in m.parameters()}
-    weights = sum(p.numel() * p.element_size() for p in lm.parameters() if id(p) not in skip)
-    embedding_rows = lm.cfg.num_codebooks * lm.cfg.backbone.d_model * 4
-    _, state = lm.prefill(torch.zeros(batch, 1, lm.cfg.text_dim))
-    state_bytes = sum(
-        t.numel() * t.element_size() for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)
-    )
-    return weights + embedding_rows + state_bytes
 
 
 @torch.no_grad()

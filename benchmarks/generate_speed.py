@@ -28,6 +28,11 @@ Sections (all by default; `--sections table,flat` picks some):
   check  one real 10 s generation of each at the first `--batch`, timed end to end, against that
          estimate: our `Generator.generate`, and MusicGen's own `generate` (top-k 250 and guidance
          3 for both).
+  ceiling  the fastest our step could be on this machine: the bytes one step reads (every weight it
+         multiplies by, the K embedding rows, the SSM and conv state; `speed_common.bytes_per_step`)
+         over the bandwidth of summing 1 GiB. Each ratio target then also says the most it could
+         reach at that speed, against MusicGen's time from the table: a target above it cannot be
+         met on this machine by a faster kernel, only by reading fewer bytes per step.
   flat   simba-300m at batch 2 in fp32, decoded without a shortcut: one process steps from the text
          to 120 s, and the median step of the 200 starting at each position gives its steps/s.
 Then one line per target of the issue, met or NOT met; the first (our time per step at 120 s
@@ -59,11 +64,13 @@ from speed_common import (
     TEXT_TOKENS,
     THREADS,
     build,
+    bytes_per_step,
     chosen_sections,
     cpu_has_bf16,
     in_process,
     machine_line,
     peak_rss_since_reset_mib,
+    read_bandwidth_gbs,
     reset_peak_rss,
     rss_mib,
     timed,
@@ -88,7 +95,7 @@ DELAY_STEPS = 3  # the delay pattern over 4 codebooks adds 3 columns to a clip, 
 GUIDANCE = 3.0
 TOP_K = 250  # MusicGen's default sampling
 WARMUP = 3
-SECTIONS = ["table", "check", "flat"]
+SECTIONS = ["table", "check", "ceiling", "flat"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,11 @@ def run_continuous(batch: int, frames: list[int], window: int) -> dict:
     }
 
 
+def run_bytes(bf16: bool, batch: int) -> dict:
+    lm, _ = build(PRESET, batch, weight_dtype=torch.bfloat16 if bf16 else None)
+    return {"bytes": bytes_per_step(lm, batch)}
+
+
 # -- the parent: plans, estimates, tables ---------------------------------------------------------
 
 
@@ -361,11 +373,31 @@ def section_flat(plan: Plan) -> dict:
     return dict(zip(plan.positions, run["steps_per_s"], strict=True))
 
 
+def section_ceiling(batches: list[int], variants: list[Variant]) -> dict[tuple[int, Variant], float]:
+    """Steps/s at which each of our variants would read its bytes per step at the full read bandwidth."""
+    bandwidth = statistics.median(read_bandwidth_gbs() for _ in range(3))
+    print(f"ceiling: summing 1 GiB reads {bandwidth:.1f} GB/s (median of 3)\n")
+    print("| model | batch | bytes a step reads | steps/s at the full read bandwidth |")
+    print("|---|---|---|---|")
+    ceilings = {}
+    for batch in batches:
+        for v in variants:
+            if v.model != "ours":
+                continue
+            nbytes = in_process("bytes", bf16=v.bf16, batch=batch)["bytes"]
+            ceilings[batch, v] = bandwidth * 1e9 / nbytes
+            print(f"| {v.label} | {batch} | {nbytes / 1e9:.3f} GB | {ceilings[batch, v]:.2f} |", flush=True)
+    print()
+    return ceilings
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def targets(tables: dict[int, dict], flat: dict[float, float] | None, plan: Plan) -> list[str]:
+def targets(
+    tables: dict[int, dict], flat: dict[float, float] | None, plan: Plan, ceilings: dict[tuple[int, Variant], float]
+) -> list[str]:
     lines = []
     source, rates = "one continuous run", flat
     if rates is None and 2 in tables and OURS_FP32 in tables[2]:
@@ -382,13 +414,23 @@ def targets(tables: dict[int, dict], flat: dict[float, float] | None, plan: Plan
         found = tables.get(batch, {}).get(v)
         return None if found is None else clip_seconds(rates_of(found), v.frame_rate, clip)
 
+    def at_most(batch: int, v: Variant, clip: float, theirs: float, need: float) -> str:
+        """The most the ratio could be at our ceiling, and whether that still falls short."""
+        if (batch, v) not in ceilings:
+            return ""
+        best = theirs / ((frames_at(clip, v.frame_rate) + DELAY_STEPS) / ceilings[batch, v])
+        return f" (at most {best:.2f}x at the full read bandwidth{': out of reach here' if best < need else ''})"
+
     for ours, clip, need in ((OURS_FP32, plan.mid, 1.5), (OURS_BF16, plan.mid, 2.5), (OURS_FP32, plan.long, 4.0)):
         name = f"{clip:g} s at batch 2, {ours.label} at least {need:g}x faster than MusicGen fp32"
         a, b = wall(2, ours, clip), wall(2, MUSICGEN_FP32, clip)
         if a is None or b is None:
             lines.append(f"{name}: not measured")
         else:
-            lines.append(f"{name}: {a:.1f} s against {b:.1f} s, {b / a:.2f}x: {verdict(b / a >= need)}")
+            lines.append(
+                f"{name}: {a:.1f} s against {b:.1f} s, {b / a:.2f}x: {verdict(b / a >= need)}"
+                + at_most(2, ours, clip, b, need)
+            )
     name = f"{plan.mid:g} s at batch 16, simba-300m fp32 at least 2x MusicGen fp32's audio seconds per second"
     a, b = wall(16, OURS_FP32, plan.mid), wall(16, MUSICGEN_FP32, plan.mid)
     if a is None or b is None:
@@ -397,7 +439,7 @@ def targets(tables: dict[int, dict], flat: dict[float, float] | None, plan: Plan
         ours_rt, theirs_rt = 8 * plan.mid / a, 8 * plan.mid / b
         lines.append(
             f"{name}: {ours_rt:.3f} against {theirs_rt:.3f}, {ours_rt / theirs_rt:.2f}x: "
-            f"{verdict(ours_rt >= 2 * theirs_rt)}"
+            f"{verdict(ours_rt >= 2 * theirs_rt)}" + at_most(16, OURS_FP32, plan.mid, b, 2.0)
         )
     return lines
 
@@ -410,7 +452,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker({"at": run_at, "generate": run_generate, "continuous": run_continuous}, json.loads(args.worker))
+        worker(
+            {"at": run_at, "generate": run_generate, "continuous": run_continuous, "bytes": run_bytes},
+            json.loads(args.worker),
+        )
         return
     torch.set_num_threads(THREADS)
     sections = chosen_sections(parser, args.sections, SECTIONS)
@@ -433,9 +478,10 @@ def main() -> None:
     tables = section_table(batches, variants, plan) if "table" in sections else {}
     if "check" in sections:
         section_check(batches[0], variants, plan, tables.get(batches[0]))
+    ceilings = section_ceiling(batches, variants) if "ceiling" in sections else {}
     flat = section_flat(plan) if "flat" in sections else None
     print("targets:")
-    for line in targets(tables, flat, plan):
+    for line in targets(tables, flat, plan, ceilings):
         print(f"  {line}")
 
 
