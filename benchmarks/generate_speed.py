@@ -30,9 +30,11 @@ Sections (all by default; `--sections table,flat` picks some):
          3 for both).
   ceiling  the fastest our step could be on this machine: the bytes one step reads (every weight it
          multiplies by, the K embedding rows, the SSM and conv state; `speed_common.bytes_per_step`)
-         over the bandwidth of summing 1 GiB. Each ratio target then also says the most it could
-         reach at that speed, against MusicGen's time from the table: a target above it cannot be
-         met on this machine by a faster kernel, only by reading fewer bytes per step.
+         over the bandwidth of summing 1 GiB, the highest of the samples taken before and after
+         each batch's table and in this section (a VM's bandwidth drifts). Each ratio target then
+         also says the most it could reach at that speed, against MusicGen's time from the table:
+         a target above it cannot be met on this machine by a faster kernel, only by reading
+         fewer bytes per step.
   flat   simba-300m at batch 2 in fp32, decoded without a shortcut: one process steps from the text
          to 120 s, and the median step of the 200 starting at each position gives its steps/s.
 Then one line per target of the issue, met or NOT met; the first (our time per step at 120 s
@@ -330,15 +332,20 @@ def print_clips(found: dict[Variant, dict[float, dict | None]], plan: Plan, batc
             print(f"| {v.label} | {clip:g} s | {steps} | {rate} | {wall_cell} | {realtime} | {peak} |", flush=True)
 
 
+BANDWIDTHS: list[float] = []  # read bandwidth samples (GB/s) taken through the run, for `ceiling`
+
+
 def section_table(batches: list[int], variants: list[Variant], plan: Plan) -> dict[int, dict]:
     results = {}
     for batch in batches:
+        BANDWIDTHS.append(read_bandwidth_gbs())
         print(f"batch {batch}: {batch // 2} {'prompt' if batch == 2 else 'prompts'}, each with its CFG twin\n")
         results[batch] = measure_positions(batch, variants, plan)
         print_positions(results[batch], plan)
         print()
         print_clips(results[batch], plan, batch)
         print()
+    BANDWIDTHS.append(read_bandwidth_gbs())
     return results
 
 
@@ -375,8 +382,12 @@ def section_flat(plan: Plan) -> dict:
 
 def section_ceiling(batches: list[int], variants: list[Variant]) -> dict[tuple[int, Variant], float]:
     """Steps/s at which each of our variants would read its bytes per step at the full read bandwidth."""
-    bandwidth = statistics.median(read_bandwidth_gbs() for _ in range(3))
-    print(f"ceiling: summing 1 GiB reads {bandwidth:.1f} GB/s (median of 3)\n")
+    BANDWIDTHS.append(read_bandwidth_gbs())
+    bandwidth = max(BANDWIDTHS)  # the machine's bandwidth drifts during a run: the generous ceiling
+    print(
+        f"ceiling: summing 1 GiB read {min(BANDWIDTHS):.1f} to {bandwidth:.1f} GB/s at {len(BANDWIDTHS)} points "
+        f"of the run (before and after each batch's table); the ceiling takes the highest\n"
+    )
     print("| model | batch | bytes a step reads | steps/s at the full read bandwidth |")
     print("|---|---|---|---|")
     ceilings = {}

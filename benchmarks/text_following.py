@@ -4,6 +4,9 @@ with the true captions and with shuffled ones, and score what comes out.
     python benchmarks/text_following.py --model src/ssmttm/models/demo \\
         --hold-out "style=jazz,lead=saxophone;style=rock,lead=piano;..."   # the training corpus's hold-out
 
+0. How much the model uses text at all: the teacher-forced loss of real clips given their own
+   caption, none, and another clip's; and two sanity checks of the tempo measure (how many
+   captions state a BPM, how close the beat tracker gets on real clips). `--loss-only` stops here.
 1. A classifier of style and of lead instrument, trained on real synthetic clips (a fresh corpus,
    all combinations, never generated audio). It reads what the model reads: the clip's codec
    frames, dequantized to the embedded codec's 89 spectral features, summarised per clip (mean,
@@ -17,6 +20,9 @@ with the true captions and with shuffled ones, and score what comes out.
 5. A control, not a target: `--seen` captions of combinations the model did train on (another
    corpus seed, drawn with the same hold-out), one seed each, true captions only: does the model
    follow text it was trained on, whatever it makes of new combinations?
+`--sweep` instead chooses sampling settings: style and lead accuracy over a grid of guidance,
+temperature and top-k, on 32 captions of trained combinations (corpus seed 21, 2 seeds), never the
+held-out test. The demo model's defaults come from it (README, "The demo model").
 Targets (issue 7): style or lead accuracy >= 0.7 with true captions and >= 0.4 above shuffled; tempo
 median absolute error <= 8 BPM and at most half of that with shuffled captions.
 """
@@ -60,13 +66,17 @@ def corpus(folder: Path, n: int, seed: int, hold_out: str | None, only_held_out:
     return records[:n]
 
 
-def fit_classifiers(model: TextToMusic, records: list[dict], folder: Path):
-    features = []
+def encode_clips(model: TextToMusic, records: list[dict], folder: Path) -> list[torch.Tensor]:
+    """Each real clip's codec frames (K, T)."""
+    codes = []
     for r in records:
         wav, rate = load_audio(folder / r["file"])
-        codes = model.codec.encode(torch.from_numpy(to_mono(wav))[None], rate)[0]
-        features.append(clip_features(model.codec, codes))
-    x = np.stack(features)
+        codes.append(model.codec.encode(torch.from_numpy(to_mono(wav))[None], rate)[0])
+    return codes
+
+
+def fit_classifiers(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]):
+    x = np.stack([clip_features(model.codec, c) for c in codes])
     split = int(0.8 * len(x))
     classifiers, sanity = {}, {}
     for label in ("style", "lead"):
@@ -77,6 +87,31 @@ def fit_classifiers(model: TextToMusic, records: list[dict], folder: Path):
         clf.fit(x, y)
         classifiers[label] = clf
     return classifiers, sanity
+
+
+def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor], n: int = 80) -> float:
+    """Median |tempo found - tempo composed| (BPM) on real clips through the codec: how far the
+    tempo measure itself can be trusted."""
+    errors = []
+    for r, c in zip(records[:n], codes[:n], strict=False):
+        wav = model.codec.decode(c[None])[0, 0].numpy()
+        found = float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=model.sample_rate)[0])[0])
+        errors.append(abs(found - r["tempo_bpm"]))
+    return float(np.median(errors))
+
+
+@torch.no_grad()
+def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tensor], n: int = 32) -> dict[str, float]:
+    """Teacher-forced cross-entropy (summed over codebooks, no label smoothing) of n real clips
+    given their own caption, no caption, and the next clip's caption: how much the model uses text."""
+    frames = min(c.shape[-1] for c in codes[:n])
+    batch = torch.stack([c[:, :frames] for c in codes[:n]])
+    captions = [r["caption"] for r in records[:n]]
+    losses = {}
+    for name, texts in (("true", captions), ("none", [""] * n), ("shuffled", captions[1:] + captions[:1])):
+        emb, mask = model.text_encoder.embed(texts)
+        losses[name] = float(model.lm.compute_loss(batch, emb, mask, label_smoothing=0.0).loss)
+    return losses
 
 
 def derangement(n: int, rng: np.random.Generator, records: list[dict]) -> list[int]:
@@ -111,6 +146,40 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
     }
 
 
+SWEEP = [
+    (3.0, 1.0, 250),
+    (3.0, 0.8, 250),
+    (3.0, 0.6, 250),
+    (3.0, 0.5, 250),
+    (3.0, 0.6, 50),
+    (5.0, 1.0, 250),
+    (5.0, 0.8, 250),
+    (5.0, 0.6, 250),
+]  # (guidance, temperature, top-k)
+
+
+def sweep(model: TextToMusic, classifiers, records: list[dict], duration: float) -> None:
+    """Style and lead accuracy of each setting in SWEEP, over the records' true captions, 2 seeds."""
+    truth = {label: np.array([r[label] for r in records]) for label in ("style", "lead")}
+    print(f"sampling sweep on {len(records)} captions of trained combinations (corpus seed 21), seeds 100 and 200")
+    print("| guidance | temperature | top-k | style accuracy | lead accuracy |")
+    print("|---|---|---|---|---|")
+    for cfg_scale, temperature, top_k in SWEEP:
+        acc = {label: [] for label in truth}
+        for seed in (100, 200):
+            captions = [r["caption"] for r in records]
+            codes = model.generate_codes(
+                captions, duration, seed=seed, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k
+            )
+            x = np.stack([clip_features(model.codec, c) for c in codes])
+            for label in truth:
+                acc[label].append(np.mean(classifiers[label].predict(x) == truth[label]))
+        print(
+            f"| {cfg_scale:g} | {temperature:g} | {top_k} | {np.mean(acc['style']):.2f} | {np.mean(acc['lead']):.2f} |",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -120,6 +189,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--seen", type=int, default=24, help="control prompts from trained combinations (0: none)")
     parser.add_argument("--classifier-clips", type=int, default=800)
+    parser.add_argument("--loss-only", action="store_true", help="the text-use and sanity lines only (a minute)")
+    parser.add_argument("--sweep", action="store_true", help="choose sampling settings on trained combinations")
     parser.add_argument("--work", default="benchmarks/.cache/text-following")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,11 +198,28 @@ def main() -> int:
 
     model = TextToMusic.from_pretrained(args.model)
     real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False)
-    classifiers, sanity = fit_classifiers(model, real, work / "classifier-corpus")
+    real_codes = encode_clips(model, real, work / "classifier-corpus")
+    loss = text_losses(model, real, real_codes)
+    print(
+        f"teacher-forced cross-entropy of 32 real clips (seed 11) given their caption {loss['true']:.2f}, "
+        f"no caption {loss['none']:.2f}, another clip's caption {loss['shuffled']:.2f}"
+    )
+    stated = sum(bool(BPM.search(r["caption"])) for r in real)
+    print(
+        f"real clips: {stated} of {len(real)} captions state a BPM; the beat tracker finds the composed tempo "
+        f"of the first 80 within {beat_tracker_error(model, real, real_codes):.1f} BPM (median)"
+    )
+    if args.loss_only:
+        return 0
+    classifiers, sanity = fit_classifiers(model, real, real_codes)
     print(
         f"classifier on {len(real)} real clips (seed 11); accuracy on the 20% it was not fitted on: "
         f"style {sanity['style']:.2f}, lead {sanity['lead']:.2f}"
     )
+
+    if args.sweep:
+        sweep(model, classifiers, corpus(work / "sweep-prompts", 32, 21, args.hold_out, False), args.duration)
+        return 0
 
     prompts = corpus(work / "held-out-prompts", args.prompts, 12, args.hold_out, True)
     shuffle = derangement(len(prompts), np.random.default_rng(0), prompts)
