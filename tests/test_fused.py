@@ -49,9 +49,10 @@ def test_fused_step_equals_reference(batch, ngroups):
 def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype):
     if rows > cpu_kernels.linear_max_rows():
         pytest.skip("this CPU's kernel takes at most 4 rows (no AVX-512)")
-    # 100 inputs: a width with a remainder after 16-wide vectors; 42 outputs: not a multiple of 4,
-    # the weight rows the loop takes at a time, so the single-row tail runs too.
-    layer = torch.nn.Linear(100, 42, bias=with_bias).to(dtype)
+    # 100 inputs: a width with a remainder after 16-wide vectors; 43 outputs: a multiple of neither 4
+    # nor 2, the weight rows the loop takes at a time (2 when it pads x to 8 rows), so the
+    # single-row tail runs too.
+    layer = torch.nn.Linear(100, 43, bias=with_bias).to(dtype)
     x = torch.randn(rows, 100)
     with torch.no_grad():
         assert _kernel_applies(x, layer.weight)
@@ -59,7 +60,7 @@ def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, d
         expected = x.double() @ layer.weight.double().T
         if with_bias:
             expected = expected + layer.bias.double()
-    assert y.dtype == torch.float32 and y.shape == (rows, 42)
+    assert y.dtype == torch.float32 and y.shape == (rows, 43)
     torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=1e-5)  # exact weights, fp32 sums
 
 
