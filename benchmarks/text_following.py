@@ -50,6 +50,8 @@ from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
 
 BPM = re.compile(r"(\d+(?:\.\d+)?) ?BPM")
+LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
+TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
 
 
 def clip_features(codec, codes: torch.Tensor) -> np.ndarray:
@@ -89,21 +91,27 @@ def fit_classifiers(model: TextToMusic, records: list[dict], codes: list[torch.T
     return classifiers, sanity
 
 
-def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor], n: int = 80) -> float:
-    """Median |tempo found - tempo composed| (BPM) on real clips through the codec: how far the
-    tempo measure itself can be trusted."""
-    errors = []
-    for r, c in zip(records[:n], codes[:n], strict=False):
-        wav = model.codec.decode(c[None])[0, 0].numpy()
-        found = float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=model.sample_rate)[0])[0])
-        errors.append(abs(found - r["tempo_bpm"]))
+def tempo_bpm(wav: np.ndarray, rate: int) -> float:
+    """The tempo librosa's beat tracker finds in a mono clip."""
+    return float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=rate)[0])[0])
+
+
+def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]) -> float:
+    """Median |tempo found - tempo composed| (BPM) over the first TEMPO_CLIPS real clips, through the
+    codec: how far the tempo measure itself can be trusted."""
+    errors = [
+        abs(tempo_bpm(model.codec.decode(c[None])[0, 0].numpy(), model.sample_rate) - r["tempo_bpm"])
+        for r, c in zip(records[:TEMPO_CLIPS], codes[:TEMPO_CLIPS], strict=False)
+    ]
     return float(np.median(errors))
 
 
 @torch.no_grad()
-def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tensor], n: int = 32) -> dict[str, float]:
-    """Teacher-forced cross-entropy (summed over codebooks, no label smoothing) of n real clips
-    given their own caption, no caption, and the next clip's caption: how much the model uses text."""
+def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]) -> dict[str, float]:
+    """Teacher-forced cross-entropy (summed over codebooks, no label smoothing) of the first
+    LOSS_CLIPS real clips given their own caption, no caption, and the next clip's caption: how much
+    the model uses text."""
+    n = min(LOSS_CLIPS, len(codes))
     frames = min(c.shape[-1] for c in codes[:n])
     batch = torch.stack([c[:, :frames] for c in codes[:n]])
     captions = [r["caption"] for r in records[:n]]
@@ -132,7 +140,6 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
     wav = model.codec.decode(codes)[0, 0].numpy()
     x = clip_features(model.codec, codes[0])[None]
     stated = BPM.search(record["caption"])
-    tempo = float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=model.sample_rate)[0])[0])
     return {
         "seed": seed,
         "condition": condition,
@@ -142,7 +149,7 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
         "style_pred": str(classifiers["style"].predict(x)[0]),
         "lead_pred": str(classifiers["lead"].predict(x)[0]),
         "stated_bpm": float(stated.group(1)) if stated else None,
-        "tempo_bpm": tempo,
+        "tempo_bpm": tempo_bpm(wav, model.sample_rate),
     }
 
 
@@ -164,10 +171,10 @@ def sweep(model: TextToMusic, classifiers, records: list[dict], duration: float)
     print(f"sampling sweep on {len(records)} captions of trained combinations (corpus seed 21), seeds 100 and 200")
     print("| guidance | temperature | top-k | style accuracy | lead accuracy |")
     print("|---|---|---|---|---|")
+    captions = [r["caption"] for r in records]
     for cfg_scale, temperature, top_k in SWEEP:
         acc = {label: [] for label in truth}
         for seed in (100, 200):
-            captions = [r["caption"] for r in records]
             codes = model.generate_codes(
                 captions, duration, seed=seed, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k
             )
@@ -201,13 +208,13 @@ def main() -> int:
     real_codes = encode_clips(model, real, work / "classifier-corpus")
     loss = text_losses(model, real, real_codes)
     print(
-        f"teacher-forced cross-entropy of 32 real clips (seed 11) given their caption {loss['true']:.2f}, "
-        f"no caption {loss['none']:.2f}, another clip's caption {loss['shuffled']:.2f}"
+        f"teacher-forced cross-entropy of {min(LOSS_CLIPS, len(real))} real clips (seed 11) given their caption "
+        f"{loss['true']:.2f}, no caption {loss['none']:.2f}, another clip's caption {loss['shuffled']:.2f}"
     )
     stated = sum(bool(BPM.search(r["caption"])) for r in real)
     print(
-        f"real clips: {stated} of {len(real)} captions state a BPM; the beat tracker finds the composed tempo "
-        f"of the first 80 within {beat_tracker_error(model, real, real_codes):.1f} BPM (median)"
+        f"real clips: {stated} of {len(real)} captions state a BPM; the beat tracker finds the composed tempo of "
+        f"the first {min(TEMPO_CLIPS, len(real))} within {beat_tracker_error(model, real, real_codes):.1f} BPM (median)"
     )
     if args.loss_only:
         return 0

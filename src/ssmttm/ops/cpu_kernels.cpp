@@ -97,43 +97,12 @@ torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch:
   return y;
 }
 
-// linear_rows: y = x W^T + b for a few fp32 rows x and fp32 or bf16 weights W. One pass over each
-// weight row, all rows of x at once; bf16 widens to fp32 (a 16-bit shift) on the fly and sums in fp32.
-static inline float widen(float v) { return v; }
-static inline float widen(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(float));
-  return f;
-}
-
-template <typename T, int NB>
-static void dot_rows(const T* W, const float* X, float* Y, int64_t out, int64_t in, int64_t begin, int64_t end) {
-  constexpr int V = 16;
-  const int64_t body = in - in % V;
-  for (int64_t o = begin; o < end; ++o) {
-    const T* w = W + o * in;
-    float acc[NB][V] = {};
-    for (int64_t i = 0; i < body; i += V) {
-      for (int b = 0; b < NB; ++b) {
-        const float* x = X + b * in + i;
-#pragma omp simd
-        for (int v = 0; v < V; ++v) acc[b][v] += widen(w[i + v]) * x[v];
-      }
-    }
-    for (int b = 0; b < NB; ++b) {
-      float sum = 0.f;
-      for (int v = 0; v < V; ++v) sum += acc[b][v];
-      for (int64_t i = body; i < in; ++i) sum += widen(w[i]) * X[b * in + i];
-      Y[b * out + o] = sum;
-    }
-  }
-}
-
+// linear_rows: y = x W^T + b for a few fp32 rows x and fp32 or bf16 weights W, all rows of x in one
+// pass over the weights; bf16 widens to fp32 (a 16-bit shift) on the fly and sums in fp32.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 // With AVX-512: four weight rows at a time against all rows of x, R x NB independent accumulators.
-// The plain loop above keeps one dependency chain per x row and reloads x for every weight row;
+// The plain loop below keeps one dependency chain per x row and reloads x for every weight row;
 // here each x vector is loaded once per four weight rows and the FMAs of different chains overlap,
 // so the loop keeps up with memory (bf16 especially: benchmarks/README.md, weight streaming).
 static inline __m512 load16(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
@@ -193,6 +162,38 @@ static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t 
 static constexpr int64_t MAX_ROWS = 8;
 static int64_t padded_rows(int64_t rows) { return rows <= 4 ? rows : 8; }
 #else
+// Without AVX-512: one weight row at a time, a 16-wide accumulator per row of x.
+static inline float widen(float v) { return v; }
+static inline float widen(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(float));
+  return f;
+}
+
+template <typename T, int NB>
+static void dot_rows(const T* W, const float* X, float* Y, int64_t out, int64_t in, int64_t begin, int64_t end) {
+  constexpr int V = 16;
+  const int64_t body = in - in % V;
+  for (int64_t o = begin; o < end; ++o) {
+    const T* w = W + o * in;
+    float acc[NB][V] = {};
+    for (int64_t i = 0; i < body; i += V) {
+      for (int b = 0; b < NB; ++b) {
+        const float* x = X + b * in + i;
+#pragma omp simd
+        for (int v = 0; v < V; ++v) acc[b][v] += widen(w[i + v]) * x[v];
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      float sum = 0.f;
+      for (int v = 0; v < V; ++v) sum += acc[b][v];
+      for (int64_t i = body; i < in; ++i) sum += widen(w[i]) * X[b * in + i];
+      Y[b * out + o] = sum;
+    }
+  }
+}
+
 template <typename T>
 static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
