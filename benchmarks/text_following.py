@@ -49,7 +49,7 @@ from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
 
-BPM = re.compile(r"(\d+(?:\.\d+)?) ?BPM")
+BPM = re.compile(r"(\d+(?:\.\d+)?) ?(?:bpm|beats per minute)", re.IGNORECASE)  # as the captions state it
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
 
@@ -61,9 +61,13 @@ def clip_features(codec, codes: torch.Tensor) -> np.ndarray:
     return np.concatenate([feats.mean(axis=0), feats.std(axis=0), change])
 
 
-def corpus(folder: Path, n: int, seed: int, hold_out: str | None, only_held_out: bool) -> list[dict]:
+def corpus(
+    folder: Path, n: int, seed: int, hold_out: str | None, only_held_out: bool, bpm_captions: float
+) -> list[dict]:
+    """The first n records of a synthetic corpus, made where missing; the captions are rewritten to
+    the `bpm_captions` asked for (the audio does not depend on it)."""
     kwargs = {} if hold_out is None else {"hold_out": HoldOut.parse(hold_out), "only_held_out": only_held_out}
-    synthesize_corpus(folder, n=n, seed=seed, workers=2, sample_rate=22050, **kwargs)
+    synthesize_corpus(folder, n=n, seed=seed, workers=2, sample_rate=22050, bpm_captions=bpm_captions, **kwargs)
     records = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     return records[:n]
 
@@ -199,12 +203,19 @@ def main() -> int:
     parser.add_argument("--loss-only", action="store_true", help="the text-use and sanity lines only (a minute)")
     parser.add_argument("--sweep", action="store_true", help="choose sampling settings on trained combinations")
     parser.add_argument("--work", default="benchmarks/.cache/text-following")
+    parser.add_argument(
+        "--bpm-captions",
+        type=float,
+        default=0.0,
+        help="what the model's training corpus used (`ssmttm data synth --bpm-captions`): every corpus here is "
+        "captioned the same way, so the prompts read like the training captions",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work)
 
     model = TextToMusic.from_pretrained(args.model)
-    real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False)
+    real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False, args.bpm_captions)
     real_codes = encode_clips(model, real, work / "classifier-corpus")
     loss = text_losses(model, real, real_codes)
     print(
@@ -225,10 +236,11 @@ def main() -> int:
     )
 
     if args.sweep:
-        sweep(model, classifiers, corpus(work / "sweep-prompts", 32, 21, args.hold_out, False), args.duration)
+        prompts = corpus(work / "sweep-prompts", 32, 21, args.hold_out, False, args.bpm_captions)
+        sweep(model, classifiers, prompts, args.duration)
         return 0
 
-    prompts = corpus(work / "held-out-prompts", args.prompts, 12, args.hold_out, True)
+    prompts = corpus(work / "held-out-prompts", args.prompts, 12, args.hold_out, True, args.bpm_captions)
     shuffle = derangement(len(prompts), np.random.default_rng(0), prompts)
     rows = []
     for seed in args.seeds:
@@ -236,7 +248,7 @@ def main() -> int:
             for condition, caption in (("true", record["caption"]), ("shuffled", prompts[shuffle[i]]["caption"])):
                 rows.append(score(model, classifiers, record, caption, condition, seed, args.duration))
     if args.seen:
-        for record in corpus(work / "seen-prompts", args.seen, 13, args.hold_out, False):
+        for record in corpus(work / "seen-prompts", args.seen, 13, args.hold_out, False, args.bpm_captions):
             rows.append(score(model, classifiers, record, record["caption"], "seen", args.seeds[0], args.duration))
     (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

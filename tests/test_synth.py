@@ -160,6 +160,41 @@ def test_captions_say_what_the_metadata_says_and_nothing_false():
     assert sum("bpm" in c for c in captions) > 20
 
 
+def test_bpm_captions_add_the_true_tempo_and_change_nothing_else(tmp_path):
+    """--bpm-captions: 0 is the captions as always; 1 makes every caption state its exact BPM, in the
+    caption's own shape, and leaves the rest of the caption, the attributes and the audio alone."""
+    zero, every = CorpusSettings(seed=SEED, bpm_captions=0.0), CorpusSettings(seed=SEED, bpm_captions=1.0)
+    stated = re.compile(r"(\d+) (?:bpm|beats per minute)", re.IGNORECASE)
+    already = 0
+    for index in range(200):
+        attrs, before = piece_record(CorpusSettings(seed=SEED), index)
+        assert piece_record(zero, index)[1] == before
+        attrs_every, after = piece_record(every, index)
+        assert attrs_every == attrs
+        found = [int(bpm) for bpm in stated.findall(after["caption"])]
+        assert found and all(abs(bpm - attrs.tempo_bpm) <= 2.5 for bpm in found), after["caption"]
+        if stated.search(before["caption"]):
+            already += 1
+            assert after["caption"] == before["caption"]  # said once is enough
+        else:
+            assert after["caption"].startswith(before["caption"].rstrip(".")), (before["caption"], after["caption"])
+            assert str(attrs.tempo_bpm) in after["caption"]
+    assert 0 < already < 100
+    half = sum(
+        bool(stated.search(piece_record(CorpusSettings(seed=SEED, bpm_captions=0.5), i)[1]["caption"]))
+        for i in range(200)
+    )
+    assert already + 40 < half < 200 - 40
+    with pytest.raises(ValueError, match="share of captions stating a BPM"):
+        CorpusSettings(seed=SEED, bpm_captions=1.5)
+    one, two = tmp_path / "plain", tmp_path / "bpm"
+    synthesize_corpus(one, n=2, seed=SEED, duration_s=1.0)
+    synthesize_corpus(two, n=2, seed=SEED, duration_s=1.0, bpm_captions=1.0)
+    for a, b in zip(_records(one), _records(two), strict=True):
+        np.testing.assert_array_equal(load_audio(one / a["file"])[0], load_audio(two / b["file"])[0])
+        assert stated.search(b["caption"])
+
+
 def test_hold_out_leaves_combinations_out_and_only_held_out_makes_them(tmp_path):
     spec = "style=jazz,lead=saxophone;style=rock,lead=piano"
     hold_out = HoldOut.parse(spec)
@@ -264,6 +299,9 @@ def test_synth_command(tmp_path, capsys):
     bad = parser.parse_args(["synth", "--n", "2", "--out", str(tmp_path), "--seed", "1", "--hold-out", "mood=polka"])
     with pytest.raises(ValueError, match="hold-out mood='polka' is unknown"):
         bad.run(bad)
+    share = parser.parse_args(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "1", "--bpm-captions", "2"])
+    with pytest.raises(ValueError, match=re.escape("must be in [0, 1], got 2.0")):
+        share.run(share)
 
 
 def test_theory():

@@ -8,6 +8,8 @@ at random. Every word choice is drawn from phrases listed as true of the attribu
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ssmttm.data.synth.attributes import PieceAttributes
@@ -172,10 +174,28 @@ def _tags(w: _Words) -> str:
     return ", ".join(tags)
 
 
-def make_caption(attrs: PieceAttributes, rng: np.random.Generator) -> str:
-    """One caption for the piece: prose (60%), one sentence (25%) or tags (15%)."""
+STATED_BPM = re.compile(r"\d+ ?(?:bpm|beats per minute)", re.IGNORECASE)
+
+
+def _add_bpm(caption: str, w: _Words, shape: str) -> str:
+    """The caption with its exact tempo added in its own shape: a sentence, a clause or a tag."""
+    bpm = w.attrs.tempo_bpm
+    if shape == "tags":
+        return f"{caption}, {bpm} bpm"
+    if shape == "sentence":
+        return f"{caption[:-1]}, {w.pick((f'at {bpm} BPM', f'at {bpm} beats per minute'))}."
+    said = w.pick((f"The tempo is {bpm} BPM.", f"It runs at {bpm} BPM.", f"It is played at {bpm} beats per minute."))
+    return f"{caption} {said}"
+
+
+def make_caption(attrs: PieceAttributes, rng: np.random.Generator, bpm_captions: float = 0.0) -> str:
+    """One caption for the piece: prose (60%), one sentence (25%) or tags (15%). With `bpm_captions`
+    > 0, that share of the captions that give no BPM get the exact one added; at 0 no extra draw is
+    made, so every caption stays what it always was for its seed."""
     words = _Words(attrs, rng)
     shape = rng.random()
-    if shape < 0.6:
-        return _prose(words)
-    return _one_sentence(words) if shape < 0.85 else _tags(words)
+    kind = "prose" if shape < 0.6 else "sentence" if shape < 0.85 else "tags"
+    caption = {"prose": _prose, "sentence": _one_sentence, "tags": _tags}[kind](words)
+    if bpm_captions > 0 and not STATED_BPM.search(caption) and rng.random() < bpm_captions:
+        caption = _add_bpm(caption, words, kind)
+    return caption

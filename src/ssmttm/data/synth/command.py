@@ -31,6 +31,13 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--only-held-out", action="store_true", help="make only the held-out combinations")
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="Hz (default 44100)")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds per piece (default 10)")
+    parser.add_argument(
+        "--bpm-captions",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share (0-1) of the captions naming no BPM that are made to state one (default 0: captions as written)",
+    )
     parser.set_defaults(run=run_synth, func=run_synth)
     return parser
 
@@ -48,6 +55,7 @@ def run_synth(args: argparse.Namespace) -> None:
             sample_rate=args.sample_rate,
             duration_s=args.duration,
             progress=True,
+            bpm_captions=args.bpm_captions,
         )
     except RendererMissingError as err:
         raise ValueError(str(err)) from None

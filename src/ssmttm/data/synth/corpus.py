@@ -50,6 +50,9 @@ class CorpusSettings:
     sample_rate: int = DEFAULT_SAMPLE_RATE
     hold_out: HoldOut | None = None
     only_held_out: bool = False
+    # Share of the captions that do not already give a BPM which are made to: a model learns a
+    # tempo from numbers it reads often (captions.py). 0 keeps every caption as it always was.
+    bpm_captions: float = 0.0
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -60,6 +63,8 @@ class CorpusSettings:
             raise ValueError(f"sample rate must be between 8000 and 192000 Hz, got {self.sample_rate}")
         if self.only_held_out and self.hold_out is None:
             raise ValueError("only_held_out needs a hold-out spec")
+        if not 0.0 <= self.bpm_captions <= 1.0:
+            raise ValueError(f"the share of captions stating a BPM must be in [0, 1], got {self.bpm_captions}")
         check_drawable(self.hold_out, self.only_held_out)
 
 
@@ -111,7 +116,7 @@ def piece_record(settings: CorpusSettings, index: int) -> tuple[PieceAttributes,
         "index": index,
         "seed": settings.seed,
         "file": f"audio/{ident}.flac",
-        "caption": make_caption(attrs, caption_rng),
+        "caption": make_caption(attrs, caption_rng, settings.bpm_captions),
         "duration_s": settings.duration_s,
         "sample_rate": settings.sample_rate,
         **fields,
@@ -164,18 +169,20 @@ def synthesize_corpus(
     sample_rate: int = DEFAULT_SAMPLE_RATE,
     duration_s: float = DEFAULT_DURATION_S,
     progress: bool = False,
+    bpm_captions: float = 0.0,
 ) -> CorpusSummary:
     """Make pieces 0..n-1 of the corpus for `seed` in `out_dir`, skipping those already made.
 
     `hold_out` ("style=jazz,lead=saxophone;...") leaves those combinations out, or with
     `only_held_out` makes nothing else. `workers` > 1 renders in that many spawned processes
     (so a script that calls this needs the `if __name__ == "__main__":` guard); the output is
-    identical for any worker count.
+    identical for any worker count. `bpm_captions` makes that share of the captions that name no
+    BPM state one too; the audio stays the same whatever it is.
     """
     if n < 0 or workers < 1:
         raise ValueError(f"need n >= 0 and workers >= 1, got n={n}, workers={workers}")
     spec = HoldOut.parse(hold_out) if isinstance(hold_out, str) else hold_out
-    settings = CorpusSettings(seed, float(duration_s), sample_rate, spec, only_held_out)
+    settings = CorpusSettings(seed, float(duration_s), sample_rate, spec, only_held_out, float(bpm_captions))
     require_renderer()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
