@@ -126,6 +126,13 @@ def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tenso
     return losses
 
 
+def tempo_correlation(rows: list[dict]) -> float:
+    """Pearson correlation between the BPM the true caption states and the tempo found in the clip,
+    over the rows whose caption states one (nan with fewer than 3)."""
+    pairs = np.array([(r["stated_bpm"], r["tempo_bpm"]) for r in rows if r["stated_bpm"]])
+    return float(np.corrcoef(pairs.T)[0, 1]) if len(pairs) >= 3 else float("nan")
+
+
 def derangement(n: int, rng: np.random.Generator, records: list[dict]) -> list[int]:
     """A shuffle in which every prompt gets a caption of another combination (style and lead)."""
     for _ in range(10_000):
@@ -279,6 +286,12 @@ def main() -> int:
         print(
             f"| tempo median abs error (BPM), {len(errors['true'])} clips | {med['true']:.1f} | "
             f"{med['shuffled']:.1f} | | <= 8, <= half of shuffled: {'met' if tempo_ok else 'NOT met'} |"
+        )
+        # Short of the target, does the tempo found move with the tempo asked for at all?
+        corr = {c: tempo_correlation([r for r in rows if r["condition"] == c]) for c in ("true", "shuffled")}
+        print(
+            f"| tempo: correlation of found with stated BPM | {corr['true']:.2f} | {corr['shuffled']:.2f} | "
+            f"{corr['true'] - corr['shuffled']:+.2f} | (not a target) |"
         )
     else:
         tempo_ok = False
