@@ -190,8 +190,9 @@ def _add_bpm(caption: str, w: _Words, shape: str) -> str:
 
 def make_caption(attrs: PieceAttributes, rng: np.random.Generator, bpm_captions: float = 0.0) -> str:
     """One caption for the piece: prose (60%), one sentence (25%) or tags (15%). With `bpm_captions`
-    > 0, that share of the captions that give no BPM get the exact one added; at 0 no extra draw is
-    made, so every caption stays what it always was for its seed."""
+    > 0, that share of the captions that give no BPM get the exact one added. Its draw comes after
+    every other, so the rest of the caption is what it always was for its seed, and at 0 nothing
+    changes."""
     words = _Words(attrs, rng)
     shape = rng.random()
     kind = "prose" if shape < 0.6 else "sentence" if shape < 0.85 else "tags"
