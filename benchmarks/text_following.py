@@ -32,24 +32,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
-import librosa
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ssmttm.codecs.quality import tempo_bpm
 from ssmttm.codecs.spectral.rvq import dequantize
 from ssmttm.data.audio import load_audio, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
+from ssmttm.data.synth.captions import STATED_BPM
 from ssmttm.generation.pipeline import TextToMusic
 
-BPM = re.compile(r"(\d+(?:\.\d+)?) ?(?:bpm|beats per minute)", re.IGNORECASE)  # as the captions state it
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
 
@@ -93,11 +92,6 @@ def fit_classifiers(model: TextToMusic, records: list[dict], codes: list[torch.T
         clf.fit(x, y)
         classifiers[label] = clf
     return classifiers, sanity
-
-
-def tempo_bpm(wav: np.ndarray, rate: int) -> float:
-    """The tempo librosa's beat tracker finds in a mono clip."""
-    return float(np.atleast_1d(librosa.beat.beat_track(y=wav, sr=rate)[0])[0])
 
 
 def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]) -> float:
@@ -150,7 +144,7 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
     codes = model.generate_codes(caption, duration, seed=seed)
     wav = model.codec.decode(codes)[0, 0].numpy()
     x = clip_features(model.codec, codes[0])[None]
-    stated = BPM.search(record["caption"])
+    stated = STATED_BPM.search(record["caption"])
     return {
         "seed": seed,
         "condition": condition,
@@ -229,7 +223,7 @@ def main() -> int:
         f"teacher-forced cross-entropy of {min(LOSS_CLIPS, len(real))} real clips (seed 11) given their caption "
         f"{loss['true']:.2f}, no caption {loss['none']:.2f}, another clip's caption {loss['shuffled']:.2f}"
     )
-    stated = sum(bool(BPM.search(r["caption"])) for r in real)
+    stated = sum(bool(STATED_BPM.search(r["caption"])) for r in real)
     print(
         f"real clips: {stated} of {len(real)} captions state a BPM; the beat tracker finds the composed tempo of "
         f"the first {min(TEMPO_CLIPS, len(real))} within {beat_tracker_error(model, real, real_codes):.1f} BPM (median)"

@@ -174,7 +174,8 @@ def _tags(w: _Words) -> str:
     return ", ".join(tags)
 
 
-STATED_BPM = re.compile(r"\d+ ?(?:bpm|beats per minute)", re.IGNORECASE)
+# How a caption states a tempo as a number ("120 BPM", "120 bpm", "120 beats per minute"); group 1 is the number.
+STATED_BPM = re.compile(r"(\d+) ?(?:bpm|beats per minute)", re.IGNORECASE)
 
 
 def _add_bpm(caption: str, w: _Words, shape: str) -> str:
