@@ -46,8 +46,8 @@ from ssmttm.codecs.spectral.rvq import dequantize
 from ssmttm.data.audio import load_audio, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
-from ssmttm.data.synth.captions import STATED_BPM
 from ssmttm.generation.pipeline import TextToMusic
+from ssmttm.stated_tempo import STATED_BPM
 
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked

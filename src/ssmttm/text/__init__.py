@@ -12,6 +12,8 @@ from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens, pad_left
 from ssmttm.text.cache import EmbeddingCache
 from ssmttm.text.hf import check_available
 from ssmttm.text.t5 import FLAN_T5_BASE
+from ssmttm.text.tempo import SUFFIX as TEMPO_SUFFIX
+from ssmttm.text.tempo import TempoConditioned
 
 __all__ = ["EmbeddingCache", "TextEncoder", "TextEncoderError", "Tokens", "load_text_encoder", "pad_left"]
 
@@ -35,8 +37,14 @@ def load_text_encoder(
 
     `max_length` (tokens, special tokens included) defaults to the encoder's own limit. `padding`
     is the output layout: "left" (ours) or "release" (the authors' T5 path, text/release.py).
-    Optional dependencies load lazily: only the encoder asked for is imported.
+    Optional dependencies load lazily: only the encoder asked for is imported. A name ending in
+    "+tempo" ("minilm+tempo") wraps that encoder in `TempoConditioned` (text/tempo.py).
     """
+    if name.endswith(TEMPO_SUFFIX) and not Path(name).expanduser().exists():
+        if padding != "left":
+            raise TextEncoderError(f"tempo conditioning needs left padding, not {padding!r}")
+        inner = load_text_encoder(name[: -len(TEMPO_SUFFIX)], device, max_length, padding)
+        return TempoConditioned(inner)
     if padding not in PADDINGS:
         raise TextEncoderError(f"unknown text padding {padding!r}: use one of {', '.join(PADDINGS)}")
     source = NAMES.get(name, name)

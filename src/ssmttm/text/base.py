@@ -31,9 +31,10 @@ class Tokens:
 
     ids: Tensor  # (B, S) int64
     mask: Tensor  # (B, S) bool: real tokens; all False for an empty caption
+    tempo: Tensor | None = None  # (B,) float32 BPM each caption states, NaN for none; set by text/tempo.py
 
     def to(self, device: str | torch.device) -> Tokens:
-        return Tokens(self.ids.to(device), self.mask.to(device))
+        return Tokens(self.ids.to(device), self.mask.to(device), self.tempo)
 
     def __len__(self) -> int:
         return self.ids.shape[0]

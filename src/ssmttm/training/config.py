@@ -20,7 +20,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "validation"
     window_seconds: float = 10.0  # training crop; clips shorter than it are padded (padding is not learned)
-    text_encoder: str = "minilm"  # short name, hub id or folder; its embeddings are cached once per caption
+    text_encoder: str = "minilm"  # short name, hub id or folder, "+tempo" for tempo conditioning; cached per caption
     max_text_tokens: int = 0  # 0: the encoder's own limit
     embedding_cache: str = ""  # default: <collection>/text-embeddings
     workers: int = 2  # data-loader processes

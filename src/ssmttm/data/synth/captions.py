@@ -8,12 +8,11 @@ at random. Every word choice is drawn from phrases listed as true of the attribu
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ssmttm.data.synth.attributes import PieceAttributes
 from ssmttm.data.synth.vocabulary import DYNAMICS_PHRASES, INSTRUMENTS, MOODS, STYLES
+from ssmttm.stated_tempo import STATED_BPM
 
 DRUM_PHRASES: dict[str, tuple[str, ...]] = {
     "rock": ("a steady rock backbeat", "driving rock drums", "a backbeat on the drum kit"),
@@ -172,10 +171,6 @@ def _tags(w: _Words) -> str:
     tags += [f"{a.key} {a.mode}"] if w.rng.random() < 0.3 else []
     tags += ["instrumental"] if "choir" not in a.accompaniment else []  # a choir sings, if wordlessly
     return ", ".join(tags)
-
-
-# How a caption states a tempo as a number ("120 BPM", "120 bpm", "120 beats per minute"); group 1 is the number.
-STATED_BPM = re.compile(r"(\d+) ?(?:bpm|beats per minute)", re.IGNORECASE)
 
 
 def _add_bpm(caption: str, w: _Words, shape: str) -> str:
