@@ -47,7 +47,7 @@ from ssmttm.data.audio import load_audio, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
-from ssmttm.stated_tempo import STATED_BPM
+from ssmttm.stated_tempo import stated_bpm
 
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
@@ -109,10 +109,10 @@ def real_clip_tempo_errors(model: TextToMusic, records: list[dict], folder: Path
     codec, for the captions that state one: what the measure gives music that keeps the stated tempo."""
     errors = []
     for r, codes in zip(records, encode_clips(model, records, folder), strict=True):
-        stated = STATED_BPM.search(r["caption"])
-        if stated:
+        stated = stated_bpm(r["caption"])
+        if stated is not None:
             wav = model.codec.decode(codes[None])[0, 0].numpy()
-            errors.append(abs(tempo_bpm(wav, model.sample_rate) - float(stated.group(1))))
+            errors.append(abs(tempo_bpm(wav, model.sample_rate) - stated))
     return errors
 
 
@@ -156,7 +156,6 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
     codes = model.generate_codes(caption, duration, seed=seed)
     wav = model.codec.decode(codes)[0, 0].numpy()
     x = clip_features(model.codec, codes[0])[None]
-    stated = STATED_BPM.search(record["caption"])
     return {
         "seed": seed,
         "condition": condition,
@@ -165,7 +164,7 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
         "lead": record["lead"],
         "style_pred": str(classifiers["style"].predict(x)[0]),
         "lead_pred": str(classifiers["lead"].predict(x)[0]),
-        "stated_bpm": float(stated.group(1)) if stated else None,
+        "stated_bpm": stated_bpm(record["caption"]),
         "tempo_bpm": tempo_bpm(wav, model.sample_rate),
     }
 
@@ -235,7 +234,7 @@ def main() -> int:
         f"teacher-forced cross-entropy of {min(LOSS_CLIPS, len(real))} real clips (seed 11) given their caption "
         f"{loss['true']:.2f}, no caption {loss['none']:.2f}, another clip's caption {loss['shuffled']:.2f}"
     )
-    stated = sum(bool(STATED_BPM.search(r["caption"])) for r in real)
+    stated = sum(stated_bpm(r["caption"]) is not None for r in real)
     print(
         f"real clips: {stated} of {len(real)} captions state a BPM; the beat tracker finds the composed tempo of "
         f"the first {min(TEMPO_CLIPS, len(real))} within {beat_tracker_error(model, real, real_codes):.1f} BPM (median)"
