@@ -27,7 +27,7 @@ from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens, pad_left
 SUFFIX = "+tempo"
 REFERENCE_BPM = 120.0
 # Frequencies in cycles per octave of tempo: the slowest turns once over 16 octaves, so the
-# whole range is unambiguous; the fastest (32 per octave) moves a full radian per 0.5% of tempo.
+# whole range is unambiguous; the fastest (32 per octave) turns 1.4 radians per 0.5% of tempo.
 LOWEST_FREQUENCY, HIGHEST_FREQUENCY = 1 / 16, 32.0
 
 
