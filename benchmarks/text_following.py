@@ -16,7 +16,8 @@ with the true captions and with shuffled ones, and score what comes out.
 3. Each prompt is generated at 3 seeds with its own caption, and with another prompt's caption
    (a shuffle that changes every caption); both are scored against the labels the true caption asks for.
 4. Tempo: librosa's beat tracker on the generated audio against the BPM a caption states, for the
-   captions that state one.
+   captions that state one; and, as a reference, on the real clips the prompts were drawn from,
+   through the codec: what the measure gives music that keeps the stated tempo.
 5. A control, not a target: `--seen` captions of combinations the model did train on (another
    corpus seed, drawn with the same hold-out), one seed each, true captions only: does the model
    follow text it was trained on, whatever it makes of new combinations?
