@@ -95,11 +95,16 @@ def fit_classifiers(model: TextToMusic, records: list[dict], codes: list[torch.T
     return classifiers, sanity
 
 
+def decoded_tempo(model: TextToMusic, codes: torch.Tensor) -> float:
+    """codes (K, T) -> the tempo the beat tracker finds in their decoded audio."""
+    return tempo_bpm(model.codec.decode(codes[None])[0, 0].numpy(), model.sample_rate)
+
+
 def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]) -> float:
     """Median |tempo found - tempo composed| (BPM) over the first TEMPO_CLIPS real clips, through the
     codec: how far the tempo measure itself can be trusted."""
     errors = [
-        abs(tempo_bpm(model.codec.decode(c[None])[0, 0].numpy(), model.sample_rate) - r["tempo_bpm"])
+        abs(decoded_tempo(model, c) - r["tempo_bpm"])
         for r, c in zip(records[:TEMPO_CLIPS], codes[:TEMPO_CLIPS], strict=False)
     ]
     return float(np.median(errors))
@@ -108,13 +113,9 @@ def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torc
 def real_clip_tempo_errors(model: TextToMusic, records: list[dict], folder: Path) -> list[float]:
     """|tempo found - tempo stated| (BPM) on the real clips the prompts were drawn from, through the
     codec, for the captions that state one: what the measure gives music that keeps the stated tempo."""
-    errors = []
-    for r, codes in zip(records, encode_clips(model, records, folder), strict=True):
-        stated = stated_bpm(r["caption"])
-        if stated is not None:
-            wav = model.codec.decode(codes[None])[0, 0].numpy()
-            errors.append(abs(tempo_bpm(wav, model.sample_rate) - stated))
-    return errors
+    stating = [r for r in records if stated_bpm(r["caption"]) is not None]
+    codes = encode_clips(model, stating, folder)
+    return [abs(decoded_tempo(model, c) - stated_bpm(r["caption"])) for r, c in zip(stating, codes, strict=True)]
 
 
 @torch.no_grad()
@@ -155,7 +156,6 @@ def derangement(n: int, rng: np.random.Generator, records: list[dict]) -> list[i
 def score(model: TextToMusic, classifiers, record: dict, caption: str, condition: str, seed: int, duration: float):
     """Generate from `caption` and score the clip against the labels of `record` (the true caption's)."""
     codes = model.generate_codes(caption, duration, seed=seed)
-    wav = model.codec.decode(codes)[0, 0].numpy()
     x = clip_features(model.codec, codes[0])[None]
     return {
         "seed": seed,
@@ -166,7 +166,7 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
         "style_pred": str(classifiers["style"].predict(x)[0]),
         "lead_pred": str(classifiers["lead"].predict(x)[0]),
         "stated_bpm": stated_bpm(record["caption"]),
-        "tempo_bpm": tempo_bpm(wav, model.sample_rate),
+        "tempo_bpm": decoded_tempo(model, codes[0]),
     }
 
 
