@@ -298,9 +298,9 @@ def test_pipeline_feeds_all_60_positions_and_the_padded_empty_caption(golden_imp
     seen = []
     original = model.lm.prefill
 
-    def spy(text, text_mask=None, seq=None):
+    def spy(text, text_mask=None, seq=None, clock=None):
         seen.append((text, text_mask))
-        return original(text, text_mask, seq)
+        return original(text, text_mask, seq, clock=clock)
 
     model.lm.prefill = spy
     model.generate_codes(["jazz"], duration=0.05, seed=0)

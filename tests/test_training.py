@@ -30,13 +30,16 @@ CARDINALITY, CODEBOOKS, FRAMES, FRAME_RATE = 16, 2, 24, 10.0
 CAPTIONS = ["a slow piano piece", "fast drums and bass", "a quiet flute melody", "loud electric guitar"]
 
 
-def make_collection(root: Path, clips: int = 40, validation: int = 8) -> Path:
+def make_collection(
+    root: Path, clips: int = 40, validation: int = 8, captions: list[str] = CAPTIONS, start_s: float | None = None
+) -> Path:
     """A prepared collection whose tokens follow the caption: codebook k of a clip with caption c
-    counts up by c + 1 from a random start (offset by 5k), so text and context predict every token."""
+    counts up by c + 1 from a random start (offset by 5k), so text and context predict every token.
+    `start_s`: every clip is a segment that starts this far into its piece."""
     rng = np.random.default_rng(0)
     tokens, records = [], []
     for i in range(clips):
-        c = i % len(CAPTIONS)
+        c = i % len(captions)
         start = rng.integers(CARDINALITY)
         rows = [(start + 5 * k + (c + 1) * np.arange(FRAMES)) % CARDINALITY for k in range(CODEBOOKS)]
         tokens.append(np.stack(rows))
@@ -46,11 +49,12 @@ def make_collection(root: Path, clips: int = 40, validation: int = 8) -> Path:
                 "id": f"clip{i}",
                 "song": f"song{i}",
                 "split": split,
-                "caption": CAPTIONS[c],
+                "caption": captions[c],
                 "shard": "unit-00000",
                 "offset": i * FRAMES,
                 "frames": FRAMES,
             }
+            | ({} if start_s is None else {"start_s": start_s})
         )
     codec = {
         "name": "toy",

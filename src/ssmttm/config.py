@@ -90,6 +90,9 @@ class LMConfig:
     label_smoothing: float = 0.1
     caption_dropout: float = 0.1  # classifier-free guidance: drop the whole caption
     token_dropout: float = 0.1  # and single text tokens
+    # A metronome input (beat_clock.py): every frame gets its place in the beat of the tempo the
+    # caption states. Off in the release's layout and in models trained before it existed.
+    beat_clock: bool = False
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmttm.backbones import BatchState, Context, StackState, build_backbone
+from ssmttm.beat_clock import FEATURES, clock_features
 from ssmttm.config import LMConfig
 from ssmttm.ops.linear import linear
 from ssmttm.patterns import CodebookPattern, make_pattern
@@ -39,6 +40,8 @@ def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
 class LMState(BatchState):
     backbone: StackState
     position: int  # absolute position of the next input, for sinusoidal embeddings
+    clock: Tensor | None = None  # (B, 2) the beat clock of each row (beat_clock.py), NaN where silent
+    column: int = 0  # pattern column of the next input, for the clock
 
 
 @dataclass
@@ -63,24 +66,35 @@ class MusicLM(nn.Module):
             cfg.backbone, cross_attention=cfg.conditioning == "cross", rope=cfg.positions == "rope"
         )
         self.heads = nn.ModuleList(nn.Linear(d, cfg.vocab_size, bias=False) for _ in range(cfg.num_codebooks))
+        self.clock = nn.Linear(FEATURES, d, bias=False) if cfg.beat_clock else None
+        if self.clock is not None:  # starts silent, so a trained model fine-tuned with a clock starts where it was
+            nn.init.zeros_(self.clock.weight)
 
     # -- training path ---------------------------------------------------------------------------
 
-    def forward(self, seq: Tensor, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """seq (B, K, T) pattern sequence, text (B, L, text_dim), text_mask (B, L) bool.
+    def forward(
+        self, seq: Tensor, text: Tensor, text_mask: Tensor | None = None, clock: Tensor | None = None
+    ) -> Tensor:
+        """seq (B, K, T) pattern sequence, text (B, L, text_dim), text_mask (B, L) bool, clock (B, 2)
+        (beat_clock.py; read only by models with `beat_clock`).
 
         Returns logits (B, K, T + 1, V): column i predicts seq[:, :, i].
         """
-        x, ctx, prefix_len = self._inputs(seq, text, text_mask)
+        x, ctx, prefix_len, _ = self._inputs(seq, text, text_mask, clock)
         h = self.backbone(x, ctx)
         return self._logits(h[:, prefix_len - 1 :])
 
     def compute_loss(
-        self, codes: Tensor, text: Tensor, text_mask: Tensor | None = None, label_smoothing: float | None = None
+        self,
+        codes: Tensor,
+        text: Tensor,
+        text_mask: Tensor | None = None,
+        label_smoothing: float | None = None,
+        clock: Tensor | None = None,
     ) -> LossOutput:
         """Teacher-forced loss on codec frames (B, K, T); frames holding the special id are padding."""
         seq = self.pattern.build(codes)
-        logits = self(seq[..., :-1], text, text_mask)
+        logits = self(seq[..., :-1], text, text_mask, clock)
         return self.loss(logits, seq, self.pattern.valid_mask(codes.shape[-1], device=codes.device), label_smoothing)
 
     def loss(
@@ -109,23 +123,25 @@ class MusicLM(nn.Module):
     # -- decoding path ---------------------------------------------------------------------------
 
     def prefill(
-        self, text: Tensor, text_mask: Tensor | None = None, seq: Tensor | None = None
+        self, text: Tensor, text_mask: Tensor | None = None, seq: Tensor | None = None, clock: Tensor | None = None
     ) -> tuple[Tensor, LMState]:
         """Run the text (and optionally the first columns of a sequence) in parallel.
 
         Returns the logits of the next column (B, K, V) and the state to `step` from.
         """
-        x, ctx, _ = self._inputs(seq, text, text_mask)
+        x, ctx, prefix_len, clock = self._inputs(seq, text, text_mask, clock)
         h, state = self.backbone.prefill(x, ctx)
-        return self._logits(h[:, -1]), LMState(state, position=x.shape[1])
+        return self._logits(h[:, -1]), LMState(state, x.shape[1], clock, x.shape[1] - prefix_len)
 
     def step(self, tokens: Tensor, state: LMState) -> tuple[Tensor, LMState]:
         """Feed one column (B, K) of the sequence; returns the next column's logits (B, K, V)."""
         x = self._embed(tokens[..., None])[:, 0]
         if self.cfg.positions == "sinusoidal":
             x = x + sinusoidal_positions(torch.tensor([state.position], device=x.device), x.shape[-1])
+        if self.clock is not None and state.clock is not None:
+            x = x + self._clock_input(state.clock, state.column, 1)[:, 0]
         h, backbone_state = self.backbone.step(x, state.backbone)
-        return self._logits(h), LMState(backbone_state, state.position + 1)
+        return self._logits(h), LMState(backbone_state, state.position + 1, state.clock, state.column + 1)
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -137,9 +153,17 @@ class MusicLM(nn.Module):
         """h (B, T, D) -> (B, K, T, V), or h (B, D) -> (B, K, V): one bias-free head per codebook."""
         return torch.stack([linear(h, head) for head in self.heads], dim=1)
 
-    def _inputs(self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Context, int]:
-        """The backbone's input sequence, its context, and the prefix length."""
-        cond, cond_mask = self._condition(text, text_mask)
+    def _clock_input(self, clock: Tensor, first: int, count: int) -> Tensor:
+        """(B, count, D): the clock's input to pattern columns first .. first + count - 1."""
+        columns = torch.arange(first, first + count, device=clock.device)
+        return linear(clock_features(clock, columns), self.clock)
+
+    def _inputs(
+        self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None, clock: Tensor | None = None
+    ) -> tuple[Tensor, Context, int, Tensor | None]:
+        """The backbone's input sequence, its context, the prefix length, and the clock as used: the
+        null condition's rows (no caption, or a caption dropped in training) hear no clock."""
+        cond, cond_mask, null_rows = self._condition(text, text_mask)
         batch = cond.shape[0]
         if self.start is None:
             prefix, prefix_mask, ctx = cond, cond_mask, Context()
@@ -151,10 +175,17 @@ class MusicLM(nn.Module):
             ctx.mask = F.pad(prefix_mask, (0, x.shape[1] - prefix.shape[1]), value=True)
         if self.cfg.positions == "sinusoidal":
             x = x + sinusoidal_positions(torch.arange(x.shape[1], device=x.device), x.shape[-1])
-        return x, ctx, prefix.shape[1]
+        if self.clock is None or clock is None:
+            return x, ctx, prefix.shape[1], None
+        clock = clock.to(x.device, torch.float64).masked_fill(null_rows[:, None], float("nan"))
+        columns = x.shape[1] - prefix.shape[1]
+        if columns:
+            x = torch.cat([x[:, : prefix.shape[1]], x[:, prefix.shape[1] :] + self._clock_input(clock, 0, columns)], 1)
+        return x, ctx, prefix.shape[1], clock
 
-    def _condition(self, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Projected, normalised text (B, L', D) and its mask (None when nothing is masked)."""
+    def _condition(self, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Projected, normalised text (B, L', D), its mask (None when nothing is masked), and which
+        rows are the null condition (B,)."""
         batch, length, _ = text.shape
         mask = torch.ones(batch, length, dtype=torch.bool, device=text.device) if text_mask is None else text_mask
         if length == 0:  # an empty caption: one masked slot that becomes the null embedding
@@ -165,10 +196,10 @@ class MusicLM(nn.Module):
         null_slot = F.pad(null_rows[:, None], (emb.shape[1] - 1, 0), value=False)  # last position of null rows
         emb = torch.where(null_slot[..., None], self.null_embedding.to(emb.dtype), emb)
         if self.cfg.text_mask == "ignore":  # the release: every text position feeds the model
-            return torch.where((null_rows[:, None] & ~null_slot)[..., None], 0.0, emb), None
+            return torch.where((null_rows[:, None] & ~null_slot)[..., None], 0.0, emb), None, null_rows
         mask = mask | null_slot
         emb = emb * mask[..., None]  # masked positions give zero input
-        return emb, None if bool(mask.all()) else mask
+        return emb, None if bool(mask.all()) else mask, null_rows
 
     def _guidance_dropout(self, mask: Tensor) -> Tensor:
         """Classifier-free guidance training: drop whole captions and single text tokens."""

@@ -18,7 +18,8 @@ from ssmttm.data.shards import TokenStore
 
 
 class TokenWindows(Dataset):
-    """Item i: {"codes": (K, window) int64, "caption": str, "id": str, "frames": real frames}.
+    """Item i: {"codes": (K, window) int64, "caption": str, "id": str, "frames": real frames,
+    "start_s": seconds into the piece where the window starts}.
 
     Clips longer than the window are cropped at a random frame; shorter ones are padded on the
     right with `pad_id` (the LM's special id, which the loss skips).
@@ -42,6 +43,7 @@ class TokenWindows(Dataset):
         if not 1 <= self.num_codebooks <= codec["num_codebooks"]:
             raise ValueError(f"the collection has {codec['num_codebooks']} codebooks; cannot read {self.num_codebooks}")
         self.pad_id = codec["cardinality"] if pad_id is None else pad_id
+        self.frame_rate = float(codec["frame_rate"])
         self.window = window_frames
         self.seed = seed
         self.epoch = 0
@@ -63,4 +65,11 @@ class TokenWindows(Dataset):
         window = np.full((self.num_codebooks, self.window), self.pad_id, dtype=np.int64)
         real = min(frames, self.window)
         window[:, :real] = tokens[:, start : start + real]
-        return {"codes": torch.from_numpy(window), "caption": record["caption"], "id": record["id"], "frames": real}
+        start_s = float(record.get("start_s", 0.0)) + start / self.frame_rate  # where the window starts in the piece
+        return {
+            "codes": torch.from_numpy(window),
+            "caption": record["caption"],
+            "id": record["id"],
+            "frames": real,
+            "start_s": start_s,
+        }

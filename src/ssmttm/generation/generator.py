@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssmttm.beat_clock import no_clock
 from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
@@ -43,14 +44,17 @@ class Generator:
         progress: bool = False,
         prompt: Tensor | None = None,
         uncond: Text | None = None,
+        clock: Tensor | None = None,
     ) -> Tensor:
         """text (B, L, text_dim), left-padded with text_mask (B, L) -> codes (B, K, num_frames).
 
         `prompt` (B, K, P), P <= num_frames: frames to continue; the output starts with them.
         `uncond`: the text and mask of CFG's unconditional rows, shaped like `text` and `text_mask`;
         None is the LM's null condition (no real text position).
+        `clock` (B, 2): each row's beat clock (beat_clock.py), for models that read one; CFG's
+        unconditional rows hear none.
         """
-        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt, uncond))
+        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt, uncond, clock))
         return self.lm.pattern.revert(torch.stack(columns, dim=-1), num_frames)
 
     @torch.no_grad()
@@ -64,6 +68,7 @@ class Generator:
         progress: bool = False,
         prompt: Tensor | None = None,
         uncond: Text | None = None,
+        clock: Tensor | None = None,
     ) -> Iterator[Tensor]:
         """Yield the pattern sequence one column (B, K) at a time, special ids included.
 
@@ -81,13 +86,15 @@ class Generator:
         if guided:  # the unconditional twin of each row: by default no real text, i.e. the null condition
             null_text, null_mask = uncond or (torch.zeros_like(text), torch.zeros_like(text_mask))
             text, text_mask = torch.cat([text, null_text]), torch.cat([text_mask, null_mask.bool()])
+            if clock is not None:
+                clock = torch.cat([clock, no_clock(batch, clock.device)])
         generators = _row_generators(seed, batch, text.device)
         valid = pattern.valid_mask(num_frames, device=text.device)  # (K, S)
         length = valid.shape[1]
         known, given = self._prompt_columns(prompt, num_frames, length, batch, text.device)
         full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the prompt fills entirely
         seq = given[..., :full]
-        logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq)
+        logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq, clock=clock)
         for s in range(full):
             yield given[..., s]
         for s in tqdm(range(full, length), disable=not progress, desc="generating", unit="step"):

@@ -22,12 +22,14 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from ssmttm.beat_clock import tempo_clock
 from ssmttm.codecs import Codec, load_codec
 from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
 from ssmttm.patterns import StreamingRevert
 from ssmttm.pretrained import GenerationDefaults, PretrainedConfig, load_pretrained, save_pretrained
+from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import TextEncoder, load_text_encoder
 
 MAX_DURATION_S = 3600.0  # a guard against typos (600000 s), not a limit of the method
@@ -144,6 +146,14 @@ class TextToMusic:
         batch = len(prompts)
         return emb[:batch], mask[:batch], (emb[batch:], mask[batch:])
 
+    def _clock(self, prompts: str | Sequence[str]) -> Tensor | None:
+        """(B, 2) the beat clock of the tempo each prompt states, for models that read one; the
+        piece starts on a downbeat (a continuation's clip is taken to start on one too)."""
+        if not self.lm.cfg.beat_clock:
+            return None
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return torch.tensor([tempo_clock(stated_bpm(p), self.frame_rate) for p in prompts], dtype=torch.float64)
+
     def _continuation(self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, frames: int):
         """Codes (B, K, P) of the clip to continue, the same clip for every prompt."""
         if audio is None:
@@ -177,7 +187,8 @@ class TextToMusic:
         sampling = self.sampling(**settings)
         text, mask, uncond = self._text(prompts, sampling)
         prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
-        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt, uncond)
+        clock = self._clock(prompts)
+        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt, uncond, clock)
 
     def generate(self, prompts: str | Sequence[str], duration: float = 10.0, **kwargs) -> Tensor:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
@@ -210,7 +221,8 @@ class TextToMusic:
         decoder = self.codec.stream_decoder()
         pending: list[Tensor] = []
         remaining = round(duration * self.sample_rate)
-        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt, uncond)
+        clock = self._clock(prompts)
+        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt, uncond, clock)
         for column in columns:
             frame = revert.push(column)
             if frame.shape[-1]:

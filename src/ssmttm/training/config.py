@@ -62,6 +62,9 @@ class RunConfig:
     val_batches: int = 0  # micro-batches per validation; 0 = the whole split
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+    # Fine-tuning: start from the LM weights of an exported model folder (or hub id) instead of a
+    # random init; the model config must match it, except for a beat clock it did not have.
+    init_from: str = ""
 
 
 @dataclass

@@ -19,7 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ssmttm.beat_clock import tempo_clock
 from ssmttm.data.dataset import TokenWindows
+from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoder, pad_left
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ class EncoderKey:
 
 
 class CaptionedWindows(Dataset):
-    """TokenWindows items plus "text": (L_i, D) float32, the caption's cached embedding."""
+    """TokenWindows items plus "text": (L_i, D) float32, the caption's cached embedding, and "clock":
+    (2,) the beat clock of the tempo the caption states (beat_clock.py), NaN when it states none."""
 
     def __init__(self, windows: TokenWindows, cache: EmbeddingCache, key: EncoderKey) -> None:
         self.windows, self.cache, self.key = windows, cache, key
@@ -50,7 +53,8 @@ class CaptionedWindows(Dataset):
         emb = self.cache.get(self.key, item["caption"])  # type: ignore[arg-type]
         if emb is None:
             raise RuntimeError(f"caption of {item['id']} is not in the embedding cache {self.cache.root}")
-        return {**item, "text": emb}
+        clock = tempo_clock(stated_bpm(item["caption"]), self.windows.frame_rate, item["start_s"])
+        return {**item, "text": emb, "clock": torch.tensor(clock, dtype=torch.float64)}
 
 
 def fill_cache(encoder: TextEncoder, cache: EmbeddingCache, captions: list[str], batch: int = 64) -> None:
@@ -63,13 +67,15 @@ def fill_cache(encoder: TextEncoder, cache: EmbeddingCache, captions: list[str],
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """codes (B, K, T) int64, text (B, L, D) left-padded, text_mask (B, L), frames (B,) real frames."""
+    """codes (B, K, T) int64, text (B, L, D) left-padded, text_mask (B, L), frames (B,) real frames,
+    clock (B, 2)."""
     text, mask = pad_left([item["text"] for item in items], items[0]["text"].shape[-1], "cpu")
     return {
         "codes": torch.stack([item["codes"] for item in items]),
         "text": text,
         "text_mask": mask,
         "frames": torch.tensor([item["frames"] for item in items]),
+        "clock": torch.stack([item["clock"] for item in items]),
     }
 
 

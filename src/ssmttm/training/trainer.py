@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ssmttm.config import ConfigError, read_yaml, save_yaml, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import TokenStore
 from ssmttm.files import write_json, write_text
+from ssmttm.hub import first_line
 from ssmttm.lm import MusicLM
+from ssmttm.pretrained import WEIGHTS, PretrainedError, state_dict_problems
+from ssmttm.pretrained import resolve as resolve_model
 from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from ssmttm.training.config import TrainConfig, resolve
@@ -46,6 +51,23 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what is left on disk."""
+
+
+def init_from_pretrained(lm: MusicLM, source: str) -> None:
+    """Load an exported model's LM weights into `lm`. Only the beat clock may be missing (it starts
+    silent, so the fine-tuned model starts as the exported one); anything else that does not
+    match is a ConfigError naming it."""
+    try:
+        state = load_file(resolve_model(source) / WEIGHTS)
+    except (PretrainedError, SafetensorError, OSError) as err:
+        raise ConfigError(f"run.init_from: cannot read {source} ({first_line(err)})") from None
+    expected = lm.state_dict()
+    may_miss = {key for key in expected if key.startswith("clock.")}
+    problems = state_dict_problems({k: v for k, v in expected.items() if k not in may_miss}, state)
+    if problems:
+        raise ConfigError(f"run.init_from: {source} does not fit model: {'; '.join(problems)}")
+    lm.load_state_dict(state, strict=False)
+    log.info("initialised from %s", source)
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, final: float) -> float:
@@ -159,6 +181,8 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.run.seed)  # the same initial weights for every run of this config
         lm = MusicLM(cfg.model)
+        if cfg.run.init_from:
+            init_from_pretrained(lm, cfg.run.init_from)
         optim = cfg.optim
         decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
         no_decay = [p for n, p in lm.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
@@ -262,7 +286,7 @@ class Trainer:
             seed_micro_batch(cfg.run.seed, c.step, micro, fabric.global_rank)
             syncless = fabric.world_size > 1 and micro < accumulation - 1  # all-reduce once, after the last one
             with fabric.no_backward_sync(self.model, enabled=syncless):
-                out = self.model.compute_loss(batch["codes"], batch["text"], batch["text_mask"])
+                out = self.model.compute_loss(batch["codes"], batch["text"], batch["text_mask"], clock=batch["clock"])
                 fabric.backward(out.loss / accumulation)
             total += float(out.loss.detach())
             b, _, frames = batch["codes"].shape
@@ -310,7 +334,9 @@ class Trainer:
         counts = torch.zeros_like(sums)
         for chunk in batches:
             batch = fabric.to_device(collate([self.val_items[i] for i in chunk]))
-            out = self.lm.compute_loss(batch["codes"], batch["text"], batch["text_mask"], label_smoothing=0.0)
+            out = self.lm.compute_loss(
+                batch["codes"], batch["text"], batch["text_mask"], label_smoothing=0.0, clock=batch["clock"]
+            )
             sums += out.per_codebook.double() * out.num_tokens
             counts += out.num_tokens
         if fabric.world_size > 1:
