@@ -110,12 +110,24 @@ def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torc
     return float(np.median(errors))
 
 
-def real_clip_tempo_errors(model: TextToMusic, records: list[dict], folder: Path) -> list[float]:
-    """|tempo found - tempo stated| (BPM) on the real clips the prompts were drawn from, through the
-    codec, for the captions that state one: what the measure gives music that keeps the stated tempo."""
+def real_clip_tempo_errors(model: TextToMusic, records: list[dict], folder: Path) -> list[tuple[str, float]]:
+    """(style, |tempo found - tempo stated| in BPM) of the real clips the prompts were drawn from, through
+    the codec, for the captions that state one: what the measure gives music that keeps the stated tempo."""
     stating = [r for r in records if stated_bpm(r["caption"]) is not None]
     codes = encode_clips(model, stating, folder)
-    return [abs(decoded_tempo(model, c) - stated_bpm(r["caption"])) for r, c in zip(stating, codes, strict=True)]
+    return [
+        (r["style"], abs(decoded_tempo(model, c) - stated_bpm(r["caption"])))
+        for r, c in zip(stating, codes, strict=True)
+    ]
+
+
+def by_style(pairs: list[tuple[str, float]]) -> str:
+    """'style: median BPM (share within 8 BPM, clips)' for each style, from (style, error) pairs."""
+    parts = []
+    for style in sorted({s for s, _ in pairs}):
+        errors = np.array([e for s, e in pairs if s == style])
+        parts.append(f"{style} {np.median(errors):.1f} ({np.mean(errors <= 8):.0%} of {len(errors)})")
+    return "; ".join(parts)
 
 
 @torch.no_grad()
@@ -299,10 +311,21 @@ def main() -> int:
             f"| tempo: correlation of found with stated BPM | {corr['true']:.2f} | {corr['shuffled']:.2f} | "
             f"{corr['true'] - corr['shuffled']:+.2f} | (not a target) |"
         )
+        true = [
+            (r["style"], abs(r["tempo_bpm"] - r["stated_bpm"]))
+            for r in rows
+            if r["condition"] == "true" and r["stated_bpm"]
+        ]
+        print(
+            f"tempo with true captions: {np.mean([e <= 8 for _, e in true]):.0%} of clips within 8 BPM; by style, "
+            f"median abs error (share within 8): {by_style(true)}"
+        )
         reference = real_clip_tempo_errors(model, prompts, work / "held-out-prompts")
+        errors = np.array([e for _, e in reference])
         print(
             f"reference: the {len(reference)} real clips these prompts were drawn from, through the codec: tempo "
-            f"median abs error {np.median(reference):.1f} BPM, {np.mean(np.array(reference) <= 8):.0%} within 8 BPM"
+            f"median abs error {np.median(errors):.1f} BPM, {np.mean(errors <= 8):.0%} within 8 BPM; by style: "
+            f"{by_style(reference)}"
         )
     else:
         tempo_ok = False
