@@ -174,6 +174,10 @@ def test_a_saved_model_with_a_clock_generates_from_a_stated_tempo(tmp_path):
     assert model.lm.cfg.beat_clock
     clock = model._clock(["jazz at 90 BPM", "jazz"])
     assert clock[0].tolist() == pytest.approx([1.5 / model.frame_rate, 0.0]) and bool(torch.isnan(clock[1]).all())
+    # streaming reads the clock the same way: joined chunks equal the whole generation
+    whole = model.generate(["jazz at 90 BPM", "jazz"], duration=1.0, seed=0)
+    streamed = torch.cat(list(model.stream(["jazz at 90 BPM", "jazz"], duration=1.0, seed=0, chunk_seconds=0.3)), -1)
+    assert torch.allclose(streamed, whole, atol=1e-5)
     stated, plain = model.generate_codes(["jazz at 90 BPM", "jazz"], duration=0.5, seed=0)
     with torch.no_grad():
         model.lm.clock.weight.zero_()
