@@ -13,6 +13,7 @@ from test_training import CAPTIONS, FRAMES, make_collection, train_config
 
 from ssmttm.beat_clock import FEATURES, HARMONICS, clock_features, no_clock, tempo_clock
 from ssmttm.config import ConfigError, load_preset, to_dict
+from ssmttm.data.dataset import TokenWindows
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
@@ -122,8 +123,6 @@ def test_unconditional_rows_of_cfg_hear_no_clock():
 def test_training_batches_carry_the_clock_of_the_stated_tempo(tmp_path):
     captions = ["a slow piano piece at 60 BPM", CAPTIONS[1]]
     collection = make_collection(tmp_path / "collection", clips=8, validation=2, captions=captions, start_s=2.0)
-    from ssmttm.data.dataset import TokenWindows
-
     windows = TokenWindows(collection, "train", window_frames=FRAMES // 2, seed=0)
     cache = {c: torch.zeros(3, 4) for c in captions}
 

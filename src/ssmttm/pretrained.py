@@ -123,6 +123,14 @@ def load_pretrained(
     return model.to(device=device, dtype=dtype).eval(), config
 
 
+def load_weights(source: str | Path) -> dict[str, Tensor]:
+    """The LM state dict an export holds (a folder or hub id), without building the model: what
+    fine-tuning (`run.init_from`) starts from. A PretrainedError when it cannot be read."""
+    directory = resolve(source)
+    _check_folder(directory)
+    return _read_weights(directory / WEIGHTS)
+
+
 def write_config(directory: str | Path, config: PretrainedConfig) -> Path:
     """Write config.json atomically; returns its path."""
     path = Path(directory) / CONFIG

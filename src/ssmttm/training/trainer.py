@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ssmttm.config import ConfigError, read_yaml, save_yaml, to_dict
@@ -28,8 +26,7 @@ from ssmttm.data.shards import TokenStore
 from ssmttm.files import write_json, write_text
 from ssmttm.hub import first_line
 from ssmttm.lm import MusicLM
-from ssmttm.pretrained import WEIGHTS, PretrainedError, state_dict_problems
-from ssmttm.pretrained import resolve as resolve_model
+from ssmttm.pretrained import PretrainedError, load_weights, state_dict_problems
 from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from ssmttm.training.config import TrainConfig, resolve
@@ -58,8 +55,8 @@ def init_from_pretrained(lm: MusicLM, source: str) -> None:
     silent, so the fine-tuned model starts as the exported one); anything else that does not
     match is a ConfigError naming it."""
     try:
-        state = load_file(resolve_model(source) / WEIGHTS)
-    except (PretrainedError, SafetensorError, OSError) as err:
+        state = load_weights(source)
+    except PretrainedError as err:
         raise ConfigError(f"run.init_from: cannot read {source} ({first_line(err)})") from None
     expected = lm.state_dict()
     may_miss = {key for key in expected if key.startswith("clock.")}
