@@ -5,6 +5,7 @@ starts part-way into the piece), fine-tuning from an export that had no clock, a
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -159,8 +160,13 @@ def test_fine_tuning_adds_a_clock_to_an_export_that_had_none(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         init_from_pretrained(tuned, str(tmp_path / "missing"))
     # and through the trainer: a step of fine-tuning from the export, with the clock read
-    counters = Trainer(resolve(to_dict(config), [f"run.init_from={exported}"]), tmp_path / "run").fit()
+    tuning = resolve(to_dict(config), [f"run.init_from={exported}"])
+    counters = Trainer(tuning, tmp_path / "run").fit()
     assert counters.step == 1
+    # a resumed run takes its weights from its checkpoint, not the export, which may be gone by then
+    shutil.rmtree(exported)
+    more = resolve(to_dict(tuning), ["schedule.max_steps=2"])
+    assert Trainer(more, tmp_path / "run", config_may_change=True).fit().step == 2
 
 
 def test_a_saved_model_with_a_clock_generates_from_a_stated_tempo(tmp_path):

@@ -178,7 +178,9 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.run.seed)  # the same initial weights for every run of this config
         lm = MusicLM(cfg.model)
-        if cfg.run.init_from:
+        if cfg.run.init_from and last_checkpoint(self.run_dir) is None:
+            # only a fresh run starts from the export: a resumed one has its weights in the checkpoint,
+            # and must not fail because the export has since moved or is named by a relative path
             init_from_pretrained(lm, cfg.run.init_from)
         optim = cfg.optim
         decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
