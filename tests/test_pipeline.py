@@ -225,7 +225,7 @@ def test_cli_writes_numbered_outputs_with_sidecars(model_dir, tmp_path, capsys):
         assert rate == 22050 and len(wav) == round(1.5 * 22050) and np.abs(wav).max() > 0
         sidecar = json.loads((tmp_path / f"out_{i}.flac.json").read_text())
         assert sidecar["prompt"] == prompt and sidecar["seed"] == 4 + i and sidecar["sampling"]["top_k"] == 50
-        assert sidecar["model"] == str(model_dir)
+        assert sidecar["model"] == str(model_dir) and sidecar["device"] == "cpu"
     assert (
         main(
             [
@@ -268,7 +268,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
         (["generate", "piano", "--model", str(broken), *out], "not a readable safetensors"),
         (["generate", "piano", *model, "-o", str(tmp_path / "no" / "x.wav")], "no folder"),
         (["generate", "piano", *model, "-o", str(tmp_path / "x.xyz")], "unsupported audio extension"),
+        (["generate", "piano", *model, "--device", "gpu7", *out], "not a device name"),
+        (["generate", "piano", *model, "--device", "mps", *out], "only cpu and cuda"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["generate", "piano", *model, "--device", "cuda", *out], "sees no CUDA device"))
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

@@ -7,10 +7,12 @@ import re
 from importlib import import_module
 from pathlib import Path
 
+import torch
+
 from ssmttm.codecs.base import Codec, CodecError
 from ssmttm.hub import cached_config, how_to_provide, offline
 
-__all__ = ["Codec", "CodecError", "load_codec"]
+__all__ = ["Codec", "CodecError", "codec_device", "load_codec"]
 
 # Short names users type, and what they load.
 NAMES = {
@@ -27,6 +29,14 @@ BUILTIN: dict[str, str] = {"embedded": "ssmttm.codecs.spectral.codec:load_embedd
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
+def codec_device(name: str, device: str | torch.device) -> str:
+    """The device the codec `name` runs on when the LM runs on `device`: the spectral codecs (the
+    embedded one, and weights files `ssmttm codec fit` writes) analyse with librosa and synthesize in
+    milliseconds on the CPU, so they stay there; neural codecs go where the LM goes."""
+    spectral = name in BUILTIN or Path(name).suffix == ".safetensors"
+    return "cpu" if spectral else str(device)
+
+
 def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu") -> Codec:
     """A codec by short name ("embedded", "dac", "encodec"), hub id ("descript/dac_44khz"), local
     model folder, or a weights file of the embedded codec's kind (`ssmttm codec fit` writes one).
@@ -41,6 +51,9 @@ def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu")
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
         from ssmttm.codecs.spectral import SpectralCodec
+
+        if torch.device(device).type != "cpu":
+            raise CodecError(f"spectral codecs run on the CPU only, not {device}")
 
         return SpectralCodec.load(path, num_codebooks)
     if path.exists():

@@ -113,12 +113,12 @@ class Codec(ABC):
         of which `total` frames exist: -> wav (B, 1, (stop - start) * hop), window by window."""
         hop = self.hop_length
         left, right = self.decode_context
-        parts = [codes.new_zeros(codes.shape[0], 1, 0, dtype=torch.float32)]
+        parts = []  # on the device the codec decodes on, which may not be the codes' (the spectral codecs: CPU)
         with torch.inference_mode():
             for lo, hi, keep_lo, keep_hi in windows(start, stop, total, chunk, left, right):
                 wav = self._decode(codes[..., lo - first : hi - first], lo)  # (B, 1, (hi - lo) * hop)
                 parts.append(wav[..., (keep_lo - lo) * hop : (keep_hi - lo) * hop].float())
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1) if parts else codes.new_zeros(codes.shape[0], 1, 0, dtype=torch.float32)
 
     def _chunk(self, chunk_frames: int | None) -> int:
         chunk = self.chunk_frames if chunk_frames is None else chunk_frames

@@ -26,6 +26,9 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     gen.add_argument("--continue-from", help="an audio clip to continue; it counts towards --duration")
     gen.add_argument("--stream", action="store_true", help="write audio as it is generated, chunk by chunk")
+    gen.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, or auto (cuda if present)"
+    )
     gen.add_argument("--spectrogram", help="also draw the outputs' spectrograms into this image (png, svg)")
     gen.set_defaults(run=_generate)
 
@@ -43,6 +46,26 @@ def _prompts(args: argparse.Namespace) -> list[str]:
         if not prompt.strip():
             raise ValueError("empty prompt: describe the music to generate")
     return prompts
+
+
+def choose_device(name: str) -> str:
+    """--device as a torch device string; a ValueError (one line) when it names none this machine has."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine's torch {torch.__version__} sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return str(device)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -85,7 +108,8 @@ def _generate(args: argparse.Namespace) -> None:
     source = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.is_dir():
         raise FileNotFoundError(f"the demo model is not in this install ({DEMO_MODEL}); pass --model DIR")
-    model = TextToMusic.from_pretrained(source)
+    device = choose_device(args.device)
+    model = TextToMusic.from_pretrained(source, device=device)
     sampling = model.sampling(**settings)  # the model's defaults where a setting was left out
     continuation = {} if clip is None else {"continuation": clip[0], "continuation_rate": clip[1]}
     for i, (prompt, path) in enumerate(zip(prompts, outs, strict=True)):
@@ -114,6 +138,7 @@ def _generate(args: argparse.Namespace) -> None:
             "continue_from": args.continue_from,
             "sample_rate": model.sample_rate,
             "generation_s": round(elapsed, 3),
+            "device": device,
             "torch_threads": torch.get_num_threads(),
         }
         write_json(path.with_name(path.name + ".json"), sidecar)

@@ -83,6 +83,8 @@ class Generator:
         guided = sampling.cfg_scale != 1.0
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        if clock is not None:
+            clock = clock.to(text.device)  # built on the CPU from the prompts' text
         if guided:  # the unconditional twin of each row: by default no real text, i.e. the null condition
             null_text, null_mask = uncond or (torch.zeros_like(text), torch.zeros_like(text_mask))
             text, text_mask = torch.cat([text, null_text]), torch.cat([text_mask, null_mask.bool()])
@@ -123,9 +125,8 @@ class Generator:
                 f"got {tuple(prompt.shape)}"
             )
         frames = prompt.shape[2]
-        padded = torch.cat(
-            [prompt.to(device), prompt.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1
-        )
+        prompt = prompt.to(device)  # a codec may encode on another device (the spectral codecs: CPU)
+        padded = torch.cat([prompt, prompt.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1)
         return pattern.valid_mask(frames, length, device=device), pattern.build(padded)
 
     def _sample_column(self, logits: Tensor, valid: Tensor, sampling: SamplingConfig, generators) -> Tensor:

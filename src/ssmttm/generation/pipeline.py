@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ssmttm.beat_clock import tempo_clock
-from ssmttm.codecs import Codec, load_codec
+from ssmttm.codecs import Codec, codec_device, load_codec
 from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
@@ -75,9 +75,11 @@ class TextToMusic:
     def from_pretrained(
         cls, source: str | Path, device: str = "cpu", weight_dtype: torch.dtype | None = None
     ) -> TextToMusic:
-        """An exported model (folder or hub id) with the codec and text encoder its config names."""
+        """An exported model (folder or hub id) with the codec and text encoder its config names.
+        `device` is the LM's and the text encoder's; the codec goes there too unless it is a
+        CPU-only one (`codecs.codec_device`). Audio always comes back on the CPU."""
         lm, config = load_pretrained(source, device=device, dtype=torch.float32)
-        codec = load_codec(config.codec, lm.cfg.num_codebooks, device=device)
+        codec = load_codec(config.codec, lm.cfg.num_codebooks, device=codec_device(config.codec, device))
         text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
         return cls(lm, codec, text_encoder, config, weight_dtype)
 
@@ -194,7 +196,7 @@ class TextToMusic:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
         (seed, continuation, continuation_rate, progress, cfg_scale, temperature, top_k, top_p)."""
         codes = self.generate_codes(prompts, duration, **kwargs)
-        return self.codec.decode(codes)[..., : round(duration * self.sample_rate)]
+        return self.codec.decode(codes)[..., : round(duration * self.sample_rate)].cpu()
 
     def stream(
         self,
@@ -231,11 +233,11 @@ class TextToMusic:
                 audio = decoder.push(torch.cat(pending, dim=-1))[..., :remaining]
                 pending, remaining = [], remaining - audio.shape[-1]
                 if audio.shape[-1]:
-                    yield audio
+                    yield audio.cpu()
         tail = decoder.push(torch.cat(pending, dim=-1)) if pending else None
         audio = decoder.flush() if tail is None else torch.cat([tail, decoder.flush()], dim=-1)
         if audio[..., :remaining].shape[-1]:
-            yield audio[..., :remaining]
+            yield audio[..., :remaining].cpu()
 
     def generate_to_file(self, prompt: str, path: str | Path, duration: float = 10.0, **kwargs) -> Path:
         """Generate one prompt straight into an audio file (wav, flac, mp3 or ogg, by extension),
