@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssmttm.cli import main
-from ssmttm.codecs import CodecError, load_codec
+from ssmttm.codecs import CodecError, codec_device, load_codec
 from ssmttm.codecs.quality import compare, third_fourth_gap
 from ssmttm.codecs.spectral import EMBEDDED_WEIGHTS, SpectralCodec, SpectralConfig, SpectralModel
 from ssmttm.codecs.spectral.fit import FitConfig, fit_spectral_codec
@@ -151,6 +151,17 @@ def test_fit_and_load_errors_are_clear(tmp_path):
         load_codec("embedded", num_codebooks=5)
     with pytest.raises(CodecError, match="CPU only"):
         load_codec("embedded", device="cuda")
+    from ssmttm.codecs.spectral.codec import EMBEDDED_WEIGHTS
+
+    with pytest.raises(CodecError, match="CPU only"):
+        load_codec(str(EMBEDDED_WEIGHTS), device="cuda")
+
+
+def test_spectral_codecs_stay_on_the_cpu_when_the_lm_does_not():
+    from ssmttm.codecs.spectral.codec import EMBEDDED_WEIGHTS
+
+    assert codec_device("embedded", "cuda") == "cpu" and codec_device(str(EMBEDDED_WEIGHTS), "cuda:1") == "cpu"
+    assert codec_device("descript/dac_44khz", "cuda:1") == "cuda:1" and codec_device("dac", "cpu") == "cpu"
 
 
 def test_cli_round_trip_writes_audio_and_spectrograms(tmp_path, capsys):
