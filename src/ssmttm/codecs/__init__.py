@@ -54,7 +54,6 @@ def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu")
 
         if torch.device(device).type != "cpu":
             raise CodecError(f"spectral codecs run on the CPU only, not {device}")
-
         return SpectralCodec.load(path, num_codebooks)
     if path.exists():
         kind = _model_type(path / "config.json", path)
