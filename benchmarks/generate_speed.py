@@ -212,29 +212,32 @@ def run_generate(model: str, bf16: bool, batch: int, frames: int) -> dict:
         reset_peak_rss()
         seconds = timed(lambda: generator.generate(text, None, frames, sampling, seed=0))
         return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
     mg = musicgen(bf16)
     reset_peak_rss()
     config = mg.config
     text = torch.randn(batch, TEXT_TOKENS, config.hidden_size, dtype=mg.dtype)  # cond rows, then uncond rows
     bos = torch.full((prompts * config.num_codebooks, 1), config.bos_token_id)
+    seconds = timed(lambda: musicgen_generate(mg, bos, text, frames))
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
+
+
+def musicgen_generate(mg, bos: torch.Tensor, text: torch.Tensor, frames: int) -> torch.Tensor:
+    """MusicGen's own generate of `frames` frames, sampling as ours does (top-k 250, guidance 3);
+    `text` holds the cond rows, then the uncond rows."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
     # Left to itself, generate() gives this decoder a plain DynamicCache, into which the
     # cross-attention then appends the text's keys at every step; an EncoderDecoderCache keeps them apart.
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    seconds = timed(
-        lambda: mg.generate(
-            bos,
-            encoder_hidden_states=text,
-            cache=cache,
-            do_sample=True,
-            top_k=TOP_K,
-            guidance_scale=GUIDANCE,
-            max_new_tokens=frames + DELAY_STEPS,
-            num_return_sequences=1,
-        )
+    return mg.generate(
+        bos,
+        encoder_hidden_states=text,
+        cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+        do_sample=True,
+        top_k=TOP_K,
+        guidance_scale=GUIDANCE,
+        max_new_tokens=frames + DELAY_STEPS,
+        num_return_sequences=1,
     )
-    return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
 
 
 @torch.no_grad()

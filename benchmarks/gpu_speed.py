@@ -33,7 +33,6 @@ from collections.abc import Callable
 
 import torch
 from generate_speed import (
-    DELAY_STEPS,
     GUIDANCE,
     MUSICGEN_FRAME_RATE,
     PRESET,
@@ -41,6 +40,7 @@ from generate_speed import (
     clip_seconds,
     frames_at,
     musicgen,
+    musicgen_generate,
 )
 from speed_common import FRAME_RATE, TEXT_TOKENS
 
@@ -159,30 +159,14 @@ def real_generation(variant: str, seconds: float) -> float:
         start = time.perf_counter()
         generator.generate(text, None, frames, sampling, seed=0)
     else:
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
         mg = their("bf16" in variant)
         config = mg.config
         text = torch.randn(2, TEXT_TOKENS, config.hidden_size, dtype=mg.dtype, device=DEVICE)
         bos = torch.full((config.num_codebooks, 1), config.bos_token_id, device=DEVICE)
-
-        def run(frames: int):
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            mg.generate(
-                bos,
-                encoder_hidden_states=text,
-                cache=cache,
-                do_sample=True,
-                top_k=TOP_K,
-                guidance_scale=GUIDANCE,
-                max_new_tokens=frames + DELAY_STEPS,
-                num_return_sequences=1,
-            )
-
-        run(8)
+        musicgen_generate(mg, bos, text, 8)  # warm-up
         torch.cuda.synchronize()
         start = time.perf_counter()
-        run(frames_at(seconds, MUSICGEN_FRAME_RATE))
+        musicgen_generate(mg, bos, text, frames_at(seconds, MUSICGEN_FRAME_RATE))
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
