@@ -83,8 +83,6 @@ class Generator:
         guided = sampling.cfg_scale != 1.0
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        if clock is not None:
-            clock = clock.to(text.device)  # built on the CPU from the prompts' text
         if guided:  # the unconditional twin of each row: by default no real text, i.e. the null condition
             null_text, null_mask = uncond or (torch.zeros_like(text), torch.zeros_like(text_mask))
             text, text_mask = torch.cat([text, null_text]), torch.cat([text_mask, null_mask.bool()])
