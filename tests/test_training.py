@@ -24,7 +24,7 @@ from ssmttm.pretrained import load_pretrained
 from ssmttm.training.config import resolve
 from ssmttm.training.export import export_run
 from ssmttm.training.layout import last_checkpoint
-from ssmttm.training.trainer import Trainer, TrainingError, unigram_cross_entropy
+from ssmttm.training.trainer import Trainer, TrainingError, lr_factor, unigram_cross_entropy
 
 CARDINALITY, CODEBOOKS, FRAMES, FRAME_RATE = 16, 2, 24, 10.0
 CAPTIONS = ["a slow piano piece", "fast drums and bass", "a quiet flute melody", "loud electric guitar"]
@@ -297,3 +297,18 @@ def test_a_run_goes_on_under_a_changed_config_only_when_resumed(collection, tmp_
         Trainer(longer, tmp_path / "run").fit()
     assert Trainer(longer, tmp_path / "run", config_may_change=True).fit().step == 5
     assert [s for s, _ in metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
+def test_a_resumed_run_takes_the_optimizer_settings_of_its_overrides(collection, tmp_path):
+    """A checkpoint's optimizer and scheduler carry their own rate: the override must win."""
+    data = train_config(collection)
+    Trainer(resolve(data, ["schedule.max_steps=3"]), tmp_path / "run").fit()
+    config = resolve(data, ["schedule.max_steps=6", "optim.lr=0.5", "optim.weight_decay=0.25"])
+    trainer = Trainer(config, tmp_path / "run", config_may_change=True)
+    trainer.fit()
+    sched = config.schedule
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        logged = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["kind"] == "train"}
+    for step in (4, 5):
+        assert logged[step] == pytest.approx(0.5 * lr_factor(step, sched.warmup_steps, 6, sched.final_lr_fraction))
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.25, 0.0]

@@ -205,11 +205,24 @@ class Trainer:
             return False
         rest = load_checkpoint(self.fabric, path, {"model": self.model, "optimizer": self.optimizer})
         self.scheduler.load_state_dict(rest["scheduler"])
+        self._apply_optim_settings()
         self.batches.load_state_dict(rest["data"])
         self.counters = Counters(**rest["counters"])
         set_rng_states(rest["rng"])
         log.info("resumed %s at step %d", self.run_dir, self.counters.step)
         return True
+
+    def _apply_optim_settings(self) -> None:
+        """The config's optimizer settings over the checkpoint's. Loading an optimizer and a
+        scheduler brings back the saved learning rate, betas and weight decay, so `--resume RUN
+        --optim.lr=...` would be silently ignored; without overrides this changes nothing."""
+        optim, groups = self.config.optim, self.optimizer.param_groups
+        for group, decay in zip(groups, (optim.weight_decay, 0.0), strict=True):
+            group.update(betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=decay, initial_lr=optim.lr)
+        self.scheduler.base_lrs = [optim.lr] * len(groups)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in groups:  # the next update's rate, under the (possibly changed) schedule
+            group["lr"] = optim.lr * factor
 
     # -- the loop ----------------------------------------------------------------------------------
 
