@@ -5,10 +5,10 @@ same models, random weights and method, from its helpers, on one CUDA device in 
 
   simba-300m  our preset in fp32 and with bf16 Linear weights, stepping on the pure-PyTorch path
               (there is no CUDA code of our own); DAC frames, 86.13 per second of audio.
-  graphed     the same fp32 step captured once in a CUDA graph and replayed: the decoding state is
-              the same tensors at every position (Mamba-2's step updates it in place), so one
-              capture serves a whole clip. A KV cache grows at every step, so MusicGen cannot be
-              captured like this.
+  graphed     the same fp32 step captured once in a CUDA graph and replayed (generation/cuda_graph.py,
+              what `Generator` does on a GPU by default): the decoding state is the same tensors
+              at every position (Mamba-2's step updates it in place), so one capture serves a
+              whole clip. A KV cache grows at every step, so MusicGen cannot be captured like this.
   MusicGen    transformers' `MusicgenForCausalLM` shaped like musicgen-small, fp32 and bf16, with a
               random KV cache of the position's length; EnCodec frames, 50 per second of audio.
 
@@ -17,7 +17,9 @@ audio (the state or cache filled to that position first; the median of 5 timed b
 steps, each synchronized), the peak GPU memory allocated while stepping there (the process keeps
 every model it has built on the GPU, so compare a model's rows with each other, not across models),
 and the wall-clock time and real-time factor of 10, 30 and 120 s clips, integrated over positions
-as generate_speed.py does. Then one real 10 s generation of each at batch 2, against the estimate.
+as generate_speed.py does. Then one real 10 s generation at batch 2 of MusicGen and of ours, eager
+and graphed (`Generator.generate`, sampling included), against the estimates. `--real-only` runs
+just those.
 TF32 stays at PyTorch's defaults (off for matmuls).
 
     python benchmarks/gpu_speed.py                  # batches 2 and 16, about 2 minutes on an H200
@@ -46,6 +48,7 @@ from speed_common import FRAME_RATE, TEXT_TOKENS
 
 from ssmttm.config import load_preset
 from ssmttm.generation import Generator
+from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
 
@@ -84,27 +87,6 @@ def their(bf16: bool):
     return MODELS["musicgen", bf16]
 
 
-def state_tensors(state) -> list[torch.Tensor]:
-    return [t for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)]
-
-
-def graphed(lm: MusicLM, tokens: torch.Tensor, state) -> Callable[[], object]:
-    """lm.step(tokens, state) captured in a CUDA graph; each replay is one step on the same tensors."""
-    before = [t.data_ptr() for t in state_tensors(state)]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up off the default stream, as capture requires
-        for _ in range(3):
-            lm.step(tokens, state)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _, after = lm.step(tokens, state)
-    if [t.data_ptr() for t in state_tensors(after)] != before:
-        raise RuntimeError("the step did not update its state in place: a replay would not carry it")
-    return graph.replay
-
-
 @torch.no_grad()
 def measure(variant: str, batch: int, seconds: float, steps: int) -> dict:
     torch.cuda.empty_cache()
@@ -114,7 +96,10 @@ def measure(variant: str, batch: int, seconds: float, steps: int) -> dict:
         tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks), device=DEVICE)
         torch.cuda.reset_peak_memory_stats()
         if variant.endswith("graphed"):
-            step = graphed(lm, tokens, state)
+            graphed = GraphedStep(lm, state, tokens)  # what Generator replays on a GPU
+
+            def step():
+                graphed(tokens)
         else:
 
             def step():
@@ -152,7 +137,8 @@ def real_generation(variant: str, seconds: float) -> float:
     """Wall-clock seconds of one real generation at batch 2 (a prompt and its CFG twin)."""
     if variant.startswith("simba"):
         lm, text = ours(1, "bf16" in variant)
-        generator, sampling = Generator(lm), SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
+        generator = Generator(lm, cuda_graph=variant.endswith("graphed"))
+        sampling = SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
         frames = frames_at(seconds, FRAME_RATE)
         generator.generate(text, None, 8, sampling, seed=0)  # warm-up: CUDA's first kernels
         torch.cuda.synchronize()
@@ -181,6 +167,7 @@ def main() -> None:
     parser.add_argument("--batch", default="2,16", help="comma-separated batch sizes (rows, even)")
     parser.add_argument("--steps", type=int, default=40, help="steps per timed block")
     parser.add_argument("--positions", help="comma-separated seconds of audio (default 0,5,10,30,60,120)")
+    parser.add_argument("--real-only", action="store_true", help="only the real generations, without estimates")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.exit(2, "gpu_speed.py: torch sees no CUDA device; generate_speed.py measures the CPU\n")
@@ -192,7 +179,7 @@ def main() -> None:
     print(f"{PRESET} at {FRAME_RATE} frames/s against MusicGen (musicgen-small's shape) at {MUSICGEN_FRAME_RATE:g}")
     print("random weights, CFG rows in the batch; x real time = audio seconds of all prompts per wall-clock second\n")
     estimates: dict[tuple[int, str, float], float | None] = {}
-    for batch in batches:
+    for batch in [] if args.real_only else batches:
         found: dict[str, dict[float, dict | str]] = {v: {} for v in VARIANTS}
         for seconds in positions:
             for v in VARIANTS:
@@ -222,12 +209,10 @@ def main() -> None:
                     f"| {at['peak_gib']:.2f} GiB |"
                 )
         print(flush=True)
-    print(
-        f"one real {check:g} s generation at batch 2 in fp32 (ours: Generator.generate, eager), against the estimate\n"
-    )
+    print(f"one real {check:g} s generation at batch 2 in fp32 (ours: Generator.generate), against the estimate\n")
     print("| model | real wall-clock | estimated | real / estimated |")
     print("|---|---|---|---|")
-    for v in ("simba-300m fp32", "MusicGen fp32"):
+    for v in ("simba-300m fp32", "simba-300m fp32 graphed", "MusicGen fp32"):
         try:
             real = real_generation(v, check)
         except Exception as err:
@@ -236,6 +221,8 @@ def main() -> None:
         estimate = estimates.get((2, v, check))
         cells = ("-", "-") if estimate is None else (f"{estimate:.2f} s", f"{real / estimate:.2f}")
         print(f"| {v} | {real:.2f} s | {cells[0]} | {cells[1]} |", flush=True)
+    if args.real_only:
+        return
     mid, long = clips[1], clips[-1]
     print("\nratios (the issue's CPU targets, read on this GPU):")
     for batch in batches:

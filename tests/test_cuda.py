@@ -27,6 +27,7 @@ from ssmttm.backbones.base import Context
 from ssmttm.cli import main
 from ssmttm.config import load_preset
 from ssmttm.generation import Generator, SamplingConfig
+from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
 from ssmttm.pretrained import save_pretrained
@@ -103,6 +104,60 @@ def test_generation_on_cuda_is_seeded_guided_and_greedy_like_the_cpu(kind):
     on_gpu = gpu.generate(text.to(DEVICE), None, 20, greedy).cpu()
     on_cpu = Generator(lm).generate(text, None, 20, greedy)
     assert torch.equal(on_gpu, on_cpu)
+
+
+GRAPHED = pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="CUDA graphs need a CUDA device")
+
+
+@GRAPHED
+@pytest.mark.parametrize(("kind", "cond"), [mode for mode in MODES if mode[0] != "transformer"])
+def test_a_graphed_step_replays_the_eager_step(kind, cond):
+    lm = tiny_lm(kind, cond, positions="sinusoidal", beat_clock=True).to(DEVICE)
+    with torch.no_grad():
+        lm.clock.weight.normal_(0.0, 1.0)
+    text = torch.randn(2, 5, 6, device=DEVICE)
+    clock = torch.tensor([[0.1, 0.3], [float("nan")] * 2], dtype=torch.float64, device=DEVICE)
+    seq = torch.randint(0, 11, (2, 3, 12), device=DEVICE)
+    with torch.no_grad():
+        _, eager = lm.prefill(text, None, seq[..., :2], clock=clock)
+        graphed = GraphedStep(lm, eager.clone(), seq[..., 0])
+        for s in range(2, 12):
+            expected, eager = lm.step(seq[..., s], eager)
+            torch.testing.assert_close(graphed(seq[..., s]), expected, atol=1e-5, rtol=0)
+    assert int(graphed.state.position) == eager.position and int(graphed.state.column) == eager.column
+
+
+@GRAPHED
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "transformer"])
+def test_graphed_generation_gives_the_eager_tokens(kind, monkeypatch):
+    lm = tiny_lm(kind, "cross", positions="sinusoidal", beat_clock=True).to(DEVICE)
+    with torch.no_grad():
+        lm.clock.weight.normal_(0.0, 1.0)
+    text, clock = torch.randn(2, 5, 6, device=DEVICE), torch.tensor([[0.1, 0.3], [0.05, 0.0]], device=DEVICE)
+    replays = []
+    replay = GraphedStep.__call__
+    monkeypatch.setattr(GraphedStep, "__call__", lambda self, tokens: replays.append(1) or replay(self, tokens))
+    for sampling in (SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=5), SamplingConfig(cfg_scale=1.0, top_k=1)):
+        run = {
+            g: Generator(lm, cuda_graph=g).generate(text, None, 30, sampling, seed=4, clock=clock)
+            for g in (False, True)
+        }
+        assert torch.equal(run[True], run[False])
+        prompt = run[True][..., :9]  # a continuation: the prompt's columns prefill, the rest replays
+        cont = {
+            g: Generator(lm, cuda_graph=g).generate(text, None, 30, sampling, seed=5, prompt=prompt, clock=clock)
+            for g in (False, True)
+        }
+        assert torch.equal(cont[True], cont[False]) and torch.equal(cont[True][..., :9], prompt)
+    assert len(replays) > 50  # the graphed runs did replay
+
+
+def test_the_transformer_decodes_eagerly_on_cuda():
+    lm = tiny_lm("transformer", "cross").to(DEVICE)
+    text = torch.randn(1, 5, 6, device=DEVICE)
+    assert Generator(lm).generate(text, None, 8, seed=0).shape == (1, lm.cfg.num_codebooks, 8)
+    with pytest.raises(ValueError, match="needs a CUDA device and an SSM backbone"):
+        Generator(lm, cuda_graph=True).generate(text, None, 8, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
 """The generator: prefill then step, batched CFG, sampling, and the pattern's bookkeeping."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import KINDS, tiny_lm
 
 from ssmttm.generation import Generator, SamplingConfig
+from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.sampling import classifier_free_guidance, sample
 from ssmttm.ops import cpu_kernels
 
@@ -102,3 +105,36 @@ def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     reference = Generator(lm).generate(text, None, 12, sampling)
     assert torch.equal(with_kernels, reference)
+
+
+def test_a_state_whose_position_and_clock_column_are_tensors_steps_like_one_with_ints():
+    """A CUDA graph (generation/cuda_graph.py) replays steps whose position and clock column are
+    0-d tensors that it advances itself: the step must read them exactly as it reads ints."""
+    lm = tiny_lm("simba", "cross", positions="sinusoidal", beat_clock=True)
+    with torch.no_grad():
+        lm.clock.weight.normal_(0.0, 1.0)
+    text = torch.randn(2, L, TEXT_DIM)
+    clock = torch.tensor([[0.1, 0.3], [float("nan"), float("nan")]], dtype=torch.float64)
+    seq = torch.randint(0, 11, (2, 3, 8))
+    with torch.no_grad():
+        _, ints = lm.prefill(text, None, seq[..., :3], clock=clock)
+        tensors = dataclasses.replace(
+            ints.clone(), position=torch.tensor(ints.position), column=torch.tensor(ints.column)
+        )
+        for s in range(3, 8):
+            a, ints = lm.step(seq[..., s], ints)
+            b, tensors = lm.step(seq[..., s], tensors)
+            assert torch.equal(a, b)
+        shifted = dataclasses.replace(tensors, position=tensors.position + 1)  # the position is read
+        assert not torch.equal(lm.step(seq[..., 0], shifted.clone())[0], lm.step(seq[..., 0], tensors.clone())[0])
+    assert int(tensors.position) == ints.position and int(tensors.column) == ints.column
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_apply():
+    lm = tiny_lm("simba")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Generator(lm, cuda_graph=True).generate(torch.randn(1, L, TEXT_DIM), None, 6)
+    with pytest.raises(ValueError, match="cannot decode from a CUDA graph"):
+        GraphedStep(lm, lm.prefill(torch.randn(1, L, TEXT_DIM))[1], torch.zeros(1, 3, dtype=torch.long))
+    default = Generator(lm).generate(torch.randn(1, L, TEXT_DIM), None, 6, seed=0)  # None: eager on the CPU
+    assert default.shape == (1, 3, 6)

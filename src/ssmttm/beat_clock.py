@@ -19,8 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-# Cycles per beat: the bar of 4/4, half a bar, the beat, eighths and sixteenths.
-HARMONICS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Cycles per beat: the bar of 4/4, half a bar, the beat, eighths and sixteenths (2^-2 .. 2^2).
+OCTAVES = range(-2, 3)
+HARMONICS = tuple(2.0**octave for octave in OCTAVES)
 FEATURES = 2 * len(HARMONICS)
 
 
@@ -45,7 +46,10 @@ def clock_features(clock: Tensor, columns: Tensor) -> Tensor:
     would be off by 1e-8 of a beat per frame)."""
     rate, start = clock.double().unbind(-1)  # (B,)
     beats = start[:, None] + rate[:, None] * columns.double()[None]  # (B, T)
-    harmonics = torch.tensor(HARMONICS, dtype=torch.float64, device=clock.device)
+    # Built on the device, not copied from a Python list: a decoding step captured in a CUDA graph
+    # (generation/cuda_graph.py) cannot copy from the host.
+    octaves = torch.arange(OCTAVES.start, OCTAVES.stop, dtype=torch.float64, device=clock.device)
+    harmonics = torch.exp2(octaves)
     turns = torch.frac(beats[..., None] * harmonics)  # (B, T, H): the phase, reduced before the float32 cast
     angle = (2 * math.pi * turns).float()
     out = torch.cat([angle.cos(), angle.sin()], dim=-1)

@@ -39,9 +39,10 @@ def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
 @dataclass
 class LMState(BatchState):
     backbone: StackState
-    position: int  # absolute position of the next input, for sinusoidal embeddings
+    # Each an int, or a 0-d tensor on the model's device, which a CUDA graph can advance on its own.
+    position: int | Tensor  # absolute position of the next input, for sinusoidal embeddings
     clock: Tensor | None = None  # (B, 2) the beat clock of each row (beat_clock.py), NaN where silent
-    column: int = 0  # pattern column of the next input, for the clock
+    column: int | Tensor = 0  # pattern column of the next input, for the clock
 
 
 @dataclass
@@ -137,7 +138,7 @@ class MusicLM(nn.Module):
         """Feed one column (B, K) of the sequence; returns the next column's logits (B, K, V)."""
         x = self._embed(tokens[..., None])[:, 0]
         if self.cfg.positions == "sinusoidal":
-            x = x + sinusoidal_positions(torch.tensor([state.position], device=x.device), x.shape[-1])
+            x = x + sinusoidal_positions(torch.as_tensor(state.position, device=x.device).reshape(1), x.shape[-1])
         if self.clock is not None and state.clock is not None:
             x = x + self._clock_input(state.clock, state.column, 1)[:, 0]
         h, backbone_state = self.backbone.step(x, state.backbone)
@@ -153,9 +154,9 @@ class MusicLM(nn.Module):
         """h (B, T, D) -> (B, K, T, V), or h (B, D) -> (B, K, V): one bias-free head per codebook."""
         return torch.stack([linear(h, head) for head in self.heads], dim=1)
 
-    def _clock_input(self, clock: Tensor, first: int, count: int) -> Tensor:
+    def _clock_input(self, clock: Tensor, first: int | Tensor, count: int) -> Tensor:
         """(B, count, D): the clock's input to pattern columns first .. first + count - 1."""
-        columns = torch.arange(first, first + count, device=clock.device)
+        columns = first + torch.arange(count, device=clock.device)
         return linear(clock_features(clock, columns), self.clock)
 
     def _inputs(

@@ -57,6 +57,12 @@ class BatchState:
     def cat(cls: type[S], states: Sequence[S]) -> S:
         return _combine(list(states), torch.cat)
 
+    def tensors(self) -> list[Tensor]:
+        """Every tensor of the state, nested ones included, in field order."""
+        found: list[Tensor] = []
+        _combine([self], lambda ts: found.append(ts[0]) or ts[0])
+        return found
+
 
 def _combine(items: list[Any], on_tensors: Callable[[list[Tensor]], Tensor]) -> Any:
     first = items[0]

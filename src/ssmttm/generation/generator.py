@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssmttm.beat_clock import no_clock
+from ssmttm.generation.cuda_graph import GraphedStep, graphs_apply
 from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
@@ -23,15 +24,20 @@ Text = tuple[Tensor, Tensor]  # embeddings (B, L, text_dim) and mask (B, L)
 
 
 class Generator:
-    def __init__(self, lm: MusicLM, weight_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, lm: MusicLM, weight_dtype: torch.dtype | None = None, cuda_graph: bool | None = None) -> None:
         """weight_dtype: decode with a private copy of the model whose Linear weights are stored in
         this dtype (bf16 halves the bytes a step reads); the state and activations stay fp32.
+
+        cuda_graph: on a GPU, capture the step once per call and replay it (cuda_graph.py), which
+        the SSM backbones allow; None (the default) does so wherever it applies, False never, True
+        where it applies and raises elsewhere. The tokens are the same either way.
 
         On the CPU, steps use the C++ kernels of ops/cpu_kernels.py wherever they build.
         """
         if weight_dtype is not None and weight_dtype != torch.float32:
             lm = cast_linear_weights(copy.deepcopy(lm), weight_dtype)
         self.lm = lm.eval()
+        self.cuda_graph = cuda_graph
 
     @torch.no_grad()
     def generate(
@@ -95,17 +101,34 @@ class Generator:
         full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the prompt fills entirely
         seq = given[..., :full]
         logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq, clock=clock)
+        step = self.lm.step
+        if self._graphed(text.device) and length - full > 1:
+            graphed = GraphedStep(self.lm, state, torch.cat([given[..., 0]] * 2) if guided else given[..., 0])
+
+            def step(tokens: Tensor, _: object) -> tuple[Tensor, None]:
+                return graphed(tokens), None
+
+        valid_any = valid.any(dim=0).tolist()  # read once: a per-step check on the device would wait for it
         for s in range(full):
             yield given[..., s]
         for s in tqdm(range(full, length), disable=not progress, desc="generating", unit="step"):
             if guided:
                 logits = classifier_free_guidance(logits[:batch], logits[batch:], sampling.cfg_scale)
-            tokens = self._sample_column(logits, valid[:, s], sampling, generators)
+            tokens = self._sample_column(logits, valid[:, s], valid_any[s], sampling, generators)
             if prompt is not None:  # the staircase of a continuation: its tokens, not sampled ones
                 tokens = torch.where(known[:, s], given[..., s], tokens)
             yield tokens
             if s + 1 < length:
-                logits, state = self.lm.step(torch.cat([tokens, tokens]) if guided else tokens, state)
+                logits, state = step(torch.cat([tokens, tokens]) if guided else tokens, state)
+
+    def _graphed(self, device: torch.device) -> bool:
+        if self.cuda_graph is False:
+            return False
+        applies = graphs_apply(self.lm, device)
+        if self.cuda_graph and not applies:
+            kind = self.lm.cfg.backbone.kind
+            raise ValueError(f"cuda_graph=True needs a CUDA device and an SSM backbone; this is a {kind} on {device}")
+        return applies
 
     def _prompt_columns(
         self, prompt: Tensor | None, num_frames: int, length: int, batch: int, device
@@ -127,10 +150,12 @@ class Generator:
         padded = torch.cat([prompt, prompt.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1)
         return pattern.valid_mask(frames, length, device=device), pattern.build(padded)
 
-    def _sample_column(self, logits: Tensor, valid: Tensor, sampling: SamplingConfig, generators) -> Tensor:
+    def _sample_column(
+        self, logits: Tensor, valid: Tensor, any_valid: bool, sampling: SamplingConfig, generators
+    ) -> Tensor:
         """logits (B, K, V) -> tokens (B, K): sampled where the pattern holds a real frame."""
         special = self.lm.cfg.special_token
-        if not bool(valid.any()):
+        if not any_valid:
             return torch.full(logits.shape[:2], special, dtype=torch.long, device=logits.device)
         logits = logits.clone()
         logits[..., special] = -torch.inf  # the special id is never audio
