@@ -192,17 +192,30 @@ SWEEP = [
     (5.0, 1.0, 250),
     (5.0, 0.8, 250),
     (5.0, 0.6, 250),
+    (2.0, 0.5, 250),
+    (4.0, 0.5, 250),
+    (5.0, 0.5, 250),
+    (3.0, 0.5, 50),
 ]  # (guidance, temperature, top-k)
 
 
-def sweep(model: TextToMusic, classifiers, records: list[dict], duration: float) -> None:
-    """Style and lead accuracy of each setting in SWEEP, over the records' true captions, 2 seeds."""
+def parse_grid(text: str) -> list[tuple[float, float, int]]:
+    """`--grid "4:0.5:250,5:0.5:250"`: guidance:temperature:top-k settings, comma-separated."""
+    try:
+        grid = [(float(g), float(t), int(k)) for g, t, k in (item.split(":") for item in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected guidance:temperature:top-k[,...], got {text!r}") from None
+    return grid
+
+
+def sweep(model: TextToMusic, classifiers, records: list[dict], duration: float, grid=SWEEP) -> None:
+    """Style and lead accuracy of each setting in the grid, over the records' true captions, 2 seeds."""
     truth = {label: np.array([r[label] for r in records]) for label in ("style", "lead")}
     print(f"sampling sweep on {len(records)} captions of trained combinations (corpus seed 21), seeds 100 and 200")
     print("| guidance | temperature | top-k | style accuracy | lead accuracy |")
     print("|---|---|---|---|---|")
     captions = [r["caption"] for r in records]
-    for cfg_scale, temperature, top_k in SWEEP:
+    for cfg_scale, temperature, top_k in grid:
         acc = {label: [] for label in truth}
         for seed in (100, 200):
             codes = model.generate_codes(
@@ -228,6 +241,9 @@ def main() -> int:
     parser.add_argument("--classifier-clips", type=int, default=800)
     parser.add_argument("--loss-only", action="store_true", help="the text-use and sanity lines only (a minute)")
     parser.add_argument("--sweep", action="store_true", help="choose sampling settings on trained combinations")
+    parser.add_argument(
+        "--grid", type=parse_grid, default=SWEEP, help="the sweep's settings, e.g. 4:0.5:250,5:0.5:250 (default: all)"
+    )
     parser.add_argument("--work", default="benchmarks/.cache/text-following")
     parser.add_argument(
         "--bpm-captions",
@@ -263,7 +279,7 @@ def main() -> int:
 
     if args.sweep:
         prompts = corpus(work / "sweep-prompts", 32, 21, args.hold_out, False, args.bpm_captions)
-        sweep(model, classifiers, prompts, args.duration)
+        sweep(model, classifiers, prompts, args.duration, args.grid)
         return 0
 
     prompts = corpus(work / "held-out-prompts", args.prompts, 12, args.hold_out, True, args.bpm_captions)
