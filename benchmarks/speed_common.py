@@ -83,6 +83,14 @@ def read_bandwidth_gbs(repeats: int = 5) -> float:
     return big.numel() * 4 / min(timed(big.sum) for _ in range(repeats)) / 1e9
 
 
+def update_bandwidth_gbs(repeats: int = 5) -> float:
+    """Bandwidth of a large in-place update, reads and writes counted: scaling a 1 GiB fp32
+    tensor in place (best of `repeats`), as a step updates its SSM state."""
+    big = torch.ones(2**28)
+    big.mul_(1.0)
+    return 2 * big.numel() * 4 / min(timed(lambda: big.mul_(1.0)) for _ in range(repeats)) / 1e9
+
+
 def bytes_per_step(lm: MusicLM, batch: int) -> int:
     """Bytes one step reads: every weight it multiplies by, plus the decoding state.
 
@@ -91,11 +99,15 @@ def bytes_per_step(lm: MusicLM, batch: int) -> int:
     skip = {id(p) for m in (lm.embeddings, lm.text_proj, lm.text_norm) for p in m.parameters()}
     weights = sum(p.numel() * p.element_size() for p in lm.parameters() if id(p) not in skip)
     embedding_rows = lm.cfg.num_codebooks * lm.cfg.backbone.d_model * 4
+    return weights + embedding_rows + state_bytes(lm, batch)
+
+
+def state_bytes(lm: MusicLM, batch: int) -> int:
+    """Bytes of the decoding state (SSM and convolution), which a step reads and writes back."""
     _, state = lm.prefill(torch.zeros(batch, 1, lm.cfg.text_dim))
-    state_bytes = sum(
+    return sum(
         t.numel() * t.element_size() for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)
     )
-    return weights + embedding_rows + state_bytes
 
 
 def cpu_has_bf16() -> bool:
