@@ -182,15 +182,10 @@ class Trainer:
             # only a fresh run starts from the export: a resumed one has its weights in the checkpoint,
             # and must not fail because the export has since moved or is named by a relative path
             init_from_pretrained(lm, cfg.run.init_from)
-        optim = cfg.optim
         decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
         no_decay = [p for n, p in lm.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr,
-            betas=(optim.beta1, optim.beta2),
-            eps=optim.eps,
-        )
+        decayed, plain = self._group_settings()
+        optimizer = torch.optim.AdamW([{"params": decay, **decayed}, {"params": no_decay, **plain}])
         model, optimizer = self.fabric.setup(lm, optimizer)
         model.mark_forward_method("compute_loss")  # so DDP sees the training step as a forward
         sched = cfg.schedule
@@ -212,17 +207,22 @@ class Trainer:
         log.info("resumed %s at step %d", self.run_dir, self.counters.step)
         return True
 
+    def _group_settings(self) -> tuple[dict, dict]:
+        """AdamW's settings for the weight-decayed parameter group, then the other one."""
+        optim = self.config.optim
+        shared = {"lr": optim.lr, "betas": (optim.beta1, optim.beta2), "eps": optim.eps}
+        return {**shared, "weight_decay": optim.weight_decay}, {**shared, "weight_decay": 0.0}
+
     def _apply_optim_settings(self) -> None:
         """The config's optimizer settings over the checkpoint's. Loading an optimizer and a
         scheduler brings back the saved learning rate, betas and weight decay, so `--resume RUN
         --optim.lr=...` would be silently ignored; without overrides this changes nothing."""
-        optim, groups = self.config.optim, self.optimizer.param_groups
-        for group, decay in zip(groups, (optim.weight_decay, 0.0), strict=True):
-            group.update(betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=decay, initial_lr=optim.lr)
-        self.scheduler.base_lrs = [optim.lr] * len(groups)
+        lr, groups = self.config.optim.lr, self.optimizer.param_groups
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group in groups:  # the next update's rate, under the (possibly changed) schedule
-            group["lr"] = optim.lr * factor
+        for group, settings in zip(groups, self._group_settings(), strict=True):
+            # the next update's rate, under the (possibly changed) schedule
+            group.update(settings, initial_lr=lr, lr=lr * factor)
+        self.scheduler.base_lrs = [lr] * len(groups)
 
     # -- the loop ----------------------------------------------------------------------------------
 
