@@ -1,6 +1,7 @@
 """Generation speed on the CPU: simba-300m against MusicGen's decoder, both with classifier-free guidance.
 
-  simba-300m  our preset, in fp32 and with bf16 Linear weights (`Generator(lm, weight_dtype=torch.bfloat16)`);
+  simba-300m  our preset, in fp32 and with bf16 Linear weights (`Generator(lm, weight_dtype=torch.bfloat16)`),
+              each also with its SSM state stored in bf16 between steps (`state_dtype=torch.bfloat16`);
               DAC frames, 86.13 per second of audio.
   MusicGen    transformers' `MusicgenForCausalLM` shaped like musicgen-small (hidden 1024, 24 layers,
               16 heads, FFN 4096, 4 codebooks of 2048) cross-attending to 32 text positions, in fp32
@@ -108,7 +109,8 @@ SECTIONS = ["table", "check", "ceiling", "flat"]
 class Variant:
     label: str
     model: str  # "ours" or "musicgen"
-    bf16: bool
+    bf16: bool  # the weights
+    bf16_state: bool = False  # ours: the SSM state stored in bf16 between steps
 
     @property
     def frame_rate(self) -> float:
@@ -117,11 +119,13 @@ class Variant:
 
 VARIANTS = [
     Variant("simba-300m fp32", "ours", False),
+    Variant("simba-300m fp32, bf16 state", "ours", False, bf16_state=True),
     Variant("simba-300m bf16 weights", "ours", True),
+    Variant("simba-300m bf16 weights and state", "ours", True, bf16_state=True),
     Variant("MusicGen fp32", "musicgen", False),
     Variant("MusicGen bf16", "musicgen", True),
 ]
-OURS_FP32, OURS_BF16, MUSICGEN_FP32 = VARIANTS[:3]
+OURS_FP32, OURS_BF16_STATE, OURS_BF16, OURS_BF16_BOTH, MUSICGEN_FP32 = VARIANTS[:5]
 
 
 @dataclass(frozen=True)
@@ -174,13 +178,15 @@ def random_cache(config, batch: int, positions: int, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def run_at(model: str, bf16: bool, batch: int, frames: int, steps: int, settle: int) -> dict:
+def run_at(model: str, bf16: bool, batch: int, frames: int, steps: int, settle: int, bf16_state: bool) -> dict:
     """Steps/s of `steps` steps from `frames` positions on, and the process's peak RSS."""
     if model == "ours":
         lm, text = build(PRESET, batch, torch.bfloat16 if bf16 else None)
         reset_peak_rss()
         _, state = lm.prefill(text)
         state = dataclasses.replace(state, position=state.position + frames)
+        if bf16_state:
+            state = state.with_recurrent_dtype(torch.bfloat16)
         tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
 
         def step() -> None:
@@ -207,12 +213,13 @@ def run_at(model: str, bf16: bool, batch: int, frames: int, steps: int, settle: 
 
 
 @torch.no_grad()
-def run_generate(model: str, bf16: bool, batch: int, frames: int) -> dict:
+def run_generate(model: str, bf16: bool, batch: int, frames: int, bf16_state: bool) -> dict:
     """One real generation of `frames` frames for batch / 2 prompts with CFG, timed end to end."""
     prompts = batch // 2
     if model == "ours":
         lm, text = build(PRESET, prompts, torch.bfloat16 if bf16 else None)
-        generator, sampling = Generator(lm), SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
+        generator = Generator(lm, state_dtype=torch.bfloat16 if bf16_state else None)
+        sampling = SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
         reset_peak_rss()
         seconds = timed(lambda: generator.generate(text, None, frames, sampling, seed=0))
         return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
@@ -265,9 +272,10 @@ def run_continuous(batch: int, frames: list[int], window: int) -> dict:
     }
 
 
-def run_bytes(bf16: bool, batch: int) -> dict:
+def run_bytes(bf16: bool, batch: int, bf16_state: bool) -> dict:
     lm, _ = build(PRESET, batch, weight_dtype=torch.bfloat16 if bf16 else None)
-    return {"bytes": bytes_per_step(lm, batch), "state": state_bytes(lm, batch)}
+    state_dtype = torch.bfloat16 if bf16_state else None
+    return {"bytes": bytes_per_step(lm, batch, state_dtype), "state": state_bytes(lm, batch, state_dtype)}
 
 
 # -- the parent: plans, estimates, tables ---------------------------------------------------------
@@ -307,7 +315,14 @@ def measure_positions(batch: int, variants: list[Variant], plan: Plan) -> dict[V
                 found[v][seconds] = None
                 continue
             found[v][seconds] = in_process(
-                "at", model=v.model, bf16=v.bf16, batch=batch, frames=frames, steps=steps, settle=plan.settle
+                "at",
+                model=v.model,
+                bf16=v.bf16,
+                batch=batch,
+                frames=frames,
+                steps=steps,
+                settle=plan.settle,
+                bf16_state=v.bf16_state,
             )
     return found
 
@@ -362,7 +377,7 @@ def section_check(batch: int, variants: list[Variant], plan: Plan, table: dict[V
     print("|---|---|---|---|---|---|")
     for v in variants:
         frames = frames_at(plan.check, v.frame_rate)
-        real = in_process("generate", model=v.model, bf16=v.bf16, batch=batch, frames=frames)
+        real = in_process("generate", model=v.model, bf16=v.bf16, batch=batch, frames=frames, bf16_state=v.bf16_state)
         estimate = None if table is None else clip_seconds(rates_of(table[v]), v.frame_rate, plan.check)
         est_cell, ratio = ("-", "-") if estimate is None else (f"{estimate:.1f} s", f"{real['seconds'] / estimate:.2f}")
         print(
@@ -409,7 +424,7 @@ def section_ceiling(batches: list[int], variants: list[Variant]) -> dict[tuple[i
         for v in variants:
             if v.model != "ours":
                 continue
-            found = in_process("bytes", bf16=v.bf16, batch=batch)
+            found = in_process("bytes", bf16=v.bf16, batch=batch, bf16_state=v.bf16_state)
             nbytes, state = found["bytes"], found["state"]
             read_only = bandwidth * 1e9 / nbytes
             written = 1 / ((nbytes - state) / (bandwidth * 1e9) + 2 * state / (update * 1e9))
@@ -460,7 +475,15 @@ def targets(
             f"{': out of reach here' if read_only < need else ''})"
         )
 
-    for ours, clip, need in ((OURS_FP32, plan.mid, 1.5), (OURS_BF16, plan.mid, 2.5), (OURS_FP32, plan.long, 4.0)):
+    batch2 = (
+        (OURS_FP32, plan.mid, 1.5),
+        (OURS_BF16_STATE, plan.mid, 1.5),  # fp32 weights
+        (OURS_BF16, plan.mid, 2.5),
+        (OURS_BF16_BOTH, plan.mid, 2.5),
+        (OURS_FP32, plan.long, 4.0),
+        (OURS_BF16_STATE, plan.long, 4.0),  # fp32 weights; "in fp32" strictly means the row above
+    )
+    for ours, clip, need in batch2:
         name = f"{clip:g} s at batch 2, {ours.label} at least {need:g}x faster than MusicGen fp32"
         a, b = wall(2, ours, clip), wall(2, MUSICGEN_FP32, clip)
         if a is None or b is None:
@@ -470,15 +493,16 @@ def targets(
                 f"{name}: {a:.1f} s against {b:.1f} s, {b / a:.2f}x: {verdict(b / a >= need)}"
                 + at_most(2, ours, clip, b, need)
             )
-    name = f"{plan.mid:g} s at batch 16, simba-300m fp32 at least 2x MusicGen fp32's audio seconds per second"
-    a, b = wall(16, OURS_FP32, plan.mid), wall(16, MUSICGEN_FP32, plan.mid)
-    if a is None or b is None:
-        lines.append(f"{name}: not measured")
-    else:
+    for ours in (OURS_FP32, OURS_BF16_STATE, OURS_BF16, OURS_BF16_BOTH):
+        name = f"{plan.mid:g} s at batch 16, {ours.label} at least 2x MusicGen fp32's audio seconds per second"
+        a, b = wall(16, ours, plan.mid), wall(16, MUSICGEN_FP32, plan.mid)
+        if a is None or b is None:
+            lines.append(f"{name}: not measured")
+            continue
         ours_rt, theirs_rt = 8 * plan.mid / a, 8 * plan.mid / b
         lines.append(
             f"{name}: {ours_rt:.3f} against {theirs_rt:.3f}, {ours_rt / theirs_rt:.2f}x: "
-            f"{verdict(ours_rt >= 2 * theirs_rt)}" + at_most(16, OURS_FP32, plan.mid, b, 2.0)
+            f"{verdict(ours_rt >= 2 * theirs_rt)}" + at_most(16, ours, plan.mid, b, 2.0)
         )
     return lines
 

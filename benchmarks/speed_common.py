@@ -91,20 +91,23 @@ def update_bandwidth_gbs(repeats: int = 5) -> float:
     return 2 * big.numel() * 4 / min(timed(lambda: big.mul_(1.0)) for _ in range(repeats)) / 1e9
 
 
-def bytes_per_step(lm: MusicLM, batch: int) -> int:
-    """Bytes one step reads: every weight it multiplies by, plus the decoding state.
+def bytes_per_step(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = None) -> int:
+    """Bytes one step reads: every weight it multiplies by, plus the decoding state (its SSM
+    state stored in `state_dtype`, fp32 by default).
 
     The embedding tables contribute only the K rows looked up; the text projection is not used.
     """
     skip = {id(p) for m in (lm.embeddings, lm.text_proj, lm.text_norm) for p in m.parameters()}
     weights = sum(p.numel() * p.element_size() for p in lm.parameters() if id(p) not in skip)
     embedding_rows = lm.cfg.num_codebooks * lm.cfg.backbone.d_model * 4
-    return weights + embedding_rows + state_bytes(lm, batch)
+    return weights + embedding_rows + state_bytes(lm, batch, state_dtype)
 
 
-def state_bytes(lm: MusicLM, batch: int) -> int:
+def state_bytes(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = None) -> int:
     """Bytes of the decoding state (SSM and convolution), which a step reads and writes back."""
     _, state = lm.prefill(torch.zeros(batch, 1, lm.cfg.text_dim))
+    if state_dtype is not None:
+        state = state.with_recurrent_dtype(state_dtype)
     return sum(
         t.numel() * t.element_size() for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)
     )

@@ -111,7 +111,8 @@ GRAPHED = pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="CUDA graphs 
 
 @GRAPHED
 @pytest.mark.parametrize(("kind", "cond"), [mode for mode in MODES if mode[0] != "transformer"])
-def test_a_graphed_step_replays_the_eager_step(kind, cond):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_a_graphed_step_replays_the_eager_step(kind, cond, state_dtype):
     lm = tiny_lm(kind, cond, positions="sinusoidal", beat_clock=True).to(DEVICE)
     with torch.no_grad():
         lm.clock.weight.normal_(0.0, 1.0)
@@ -120,11 +121,13 @@ def test_a_graphed_step_replays_the_eager_step(kind, cond):
     seq = torch.randint(0, 11, (2, 3, 12), device=DEVICE)
     with torch.no_grad():
         _, eager = lm.prefill(text, None, seq[..., :2], clock=clock)
+        eager = eager.with_recurrent_dtype(state_dtype)
         graphed = GraphedStep(lm, eager.clone(), seq[..., 0])
         for s in range(2, 12):
             expected, eager = lm.step(seq[..., s], eager)
             torch.testing.assert_close(graphed(seq[..., s]), expected, atol=1e-5, rtol=0)
     assert int(graphed.state.position) == eager.position and int(graphed.state.column) == eager.column
+    assert {layer.mixer.ssm.dtype for layer in graphed.state.backbone.layers} == {state_dtype}
 
 
 @GRAPHED
@@ -150,6 +153,18 @@ def test_graphed_generation_gives_the_eager_tokens(kind, monkeypatch):
         }
         assert torch.equal(cont[True], cont[False]) and torch.equal(cont[True][..., :9], prompt)
     assert len(replays) > 50  # the graphed runs did replay
+
+
+@GRAPHED
+def test_a_bf16_state_generates_the_same_tokens_graphed_or_eager():
+    lm = tiny_lm("simba", "cross").to(DEVICE)
+    text = torch.randn(2, 5, 6, device=DEVICE)
+    sampling = SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=5)
+    run = {
+        g: Generator(lm, cuda_graph=g, state_dtype=torch.bfloat16).generate(text, None, 30, sampling, seed=4)
+        for g in (False, True)
+    }
+    assert torch.equal(run[True], run[False])
 
 
 def test_the_transformer_decodes_eagerly_on_cuda():

@@ -6,6 +6,8 @@ import torch
 from ssmttm.ops import cpu_kernels
 from ssmttm.ops.linear import _kernel_applies, linear
 from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
+from ssmttm.ops.selective_scan import selective_scan_step
+from ssmttm.ops.ssd import ssd_step
 
 pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute)
 
@@ -15,9 +17,11 @@ def _kernels_build():
     assert cpu_kernels.available(), "the kernels should build wherever the test suite runs"
 
 
-@pytest.mark.parametrize(("batch", "ngroups"), [(1, 1), (3, 2)])
-def test_fused_step_equals_reference(batch, ngroups):
-    heads, headdim, d_state, width = 4, 8, 16, 4
+@pytest.mark.parametrize(("batch", "ngroups", "d_state"), [(1, 1, 16), (3, 2, 16), (2, 1, 37)])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_fused_step_equals_reference(batch, ngroups, d_state, state_dtype):
+    # d_state 37: rows that end in a partial vector (the bf16 kernel's masked tail)
+    heads, headdim, width = 4, 8, 4
     d_inner = heads * headdim
     conv_dim = d_inner + 2 * ngroups * d_state
     params = dict(
@@ -28,7 +32,7 @@ def test_fused_step_equals_reference(batch, ngroups):
         D=torch.randn(heads),
         norm_weight=torch.randn(d_inner),
     )
-    conv, ssm = torch.randn(batch, conv_dim, width), torch.randn(batch, heads, headdim, d_state)
+    conv, ssm = torch.randn(batch, conv_dim, width), torch.randn(batch, heads, headdim, d_state).to(state_dtype)
     states = {"ref": (conv.clone(), ssm.clone()), "fused": (conv.clone(), ssm.clone())}
     for _ in range(3):  # several steps: the window shift and the state carry over
         zxbcdt = torch.randn(batch, d_inner + conv_dim + heads)
@@ -40,7 +44,29 @@ def test_fused_step_equals_reference(batch, ngroups):
         )
         torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(states["fused"][0], states["ref"][0])
-    torch.testing.assert_close(states["fused"][1], states["ref"][1], atol=1e-5, rtol=1e-5)
+    assert states["fused"][1].dtype == state_dtype
+    # bf16: both round the same fp32 values to nearest even, so at most an ulp apart where the
+    # fp32 sums differ in their last bit
+    tolerance = 1e-5 if state_dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(states["fused"][1], states["ref"][1], atol=tolerance, rtol=tolerance)
+
+
+def test_a_bf16_state_step_is_the_fp32_step_rounded_once():
+    """The reference rounds the updated state once, and reads out the unrounded fp32 values."""
+    heads, headdim, d_state = 3, 4, 8
+    state = torch.randn(2, heads, headdim, d_state).bfloat16()
+    wide = state.float()
+    args = (torch.randn(2, heads, headdim), torch.rand(2, heads), -torch.rand(heads), torch.randn(2, 1, d_state))
+    C = torch.randn(2, 1, d_state)
+    y_wide = ssd_step(wide, *args, C)
+    y = ssd_step(state, *args, C)
+    assert state.dtype == torch.bfloat16 and torch.equal(state, wide.bfloat16())
+    torch.testing.assert_close(y, y_wide)
+    scan_state = torch.randn(2, 5, d_state).bfloat16()
+    scan_wide = scan_state.float()
+    scan_args = (torch.randn(2, 5), torch.rand(2, 5), -torch.rand(5, d_state), torch.randn(2, d_state), C[:, 0])
+    torch.testing.assert_close(selective_scan_step(scan_state, *scan_args), selective_scan_step(scan_wide, *scan_args))
+    assert torch.equal(scan_state, scan_wide.bfloat16())
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])

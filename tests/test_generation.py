@@ -95,6 +95,53 @@ def test_bf16_weight_decoding_stays_close_to_fp32():
     assert not torch.equal(a2, b2)
 
 
+def _mixer_states(state):
+    return [layer.mixer for layer in state.backbone.layers]
+
+
+@pytest.mark.parametrize("kind", ["simba", "mamba2", "mamba"])
+def test_a_bf16_recurrent_state_stays_bf16_and_decodes_close_to_fp32(kind):
+    """Only the SSM state is stored in bf16 (the convolution windows stay fp32); each step rounds
+    it once, so 40 steps stay close to the fp32 decode but not equal to it."""
+    lm = tiny_lm(kind)
+    text = torch.randn(2, L, TEXT_DIM)
+    seq = torch.randint(0, 11, (2, 3, 40))
+    with torch.no_grad():
+        _, wide = lm.prefill(text)
+        narrow = wide.clone().with_recurrent_dtype(torch.bfloat16)  # the conv windows would be shared
+        assert all(m.ssm.dtype == torch.bfloat16 and m.conv.dtype == torch.float32 for m in _mixer_states(narrow))
+        assert all(m.ssm.dtype == torch.float32 for m in _mixer_states(wide))  # the original is untouched
+        worst = 0.0
+        for s in range(seq.shape[-1]):
+            a, wide = lm.step(seq[..., s], wide)
+            b, narrow = lm.step(seq[..., s], narrow)
+            worst = max(worst, (a - b).abs().max().item())
+    assert all(m.ssm.dtype == torch.bfloat16 for m in _mixer_states(narrow))
+    assert 0 < worst < 0.05
+
+
+def test_the_generator_stores_the_state_in_the_dtype_it_is_given(monkeypatch):
+    lm = tiny_lm("simba")
+    text = torch.randn(1, L, TEXT_DIM)
+    seen = []
+    step = lm.step
+
+    def spy(tokens, state):
+        seen.extend(m.ssm.dtype for m in _mixer_states(state))
+        return step(tokens, state)
+
+    monkeypatch.setattr(lm, "step", spy)
+    codes = Generator(lm, state_dtype=torch.bfloat16).generate(text, None, 6, seed=0)
+    assert codes.shape == (1, 3, 6) and seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    Generator(lm, state_dtype=torch.float32).generate(text, None, 6, seed=0)
+    assert seen and set(seen) == {torch.float32}
+    with pytest.raises(ValueError, match="KV cache"):
+        Generator(tiny_lm("transformer"), state_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="floating-point"):
+        Generator(lm, state_dtype=torch.int8)
+
+
 @pytest.mark.slow
 def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
     lm = tiny_lm("simba")

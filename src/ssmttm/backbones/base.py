@@ -17,7 +17,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,27 @@ class BatchState:
     Fields may be tensors, nested states, lists of them, None, or plain values (a sequence
     length, a position) that must agree between states being concatenated.
     """
+
+    # The fields holding an SSM's recurrent state: the bulk of a step's memory traffic at large
+    # batches, and what `with_recurrent_dtype` stores in a lower precision. Convolution windows,
+    # KV caches and positions are left alone.
+    recurrent_fields: ClassVar[tuple[str, ...]] = ()
+
+    def with_recurrent_dtype(self: S, dtype: torch.dtype) -> S:
+        """This state with every recurrent field, nested ones included, stored in `dtype`.
+
+        The other tensors (convolution windows, caches) are this state's own, not copies: take
+        `clone()` first to step both."""
+        changes = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in self.recurrent_fields and isinstance(value, Tensor):
+                changes[f.name] = value.to(dtype)
+            elif isinstance(value, BatchState):
+                changes[f.name] = value.with_recurrent_dtype(dtype)
+            elif isinstance(value, list):
+                changes[f.name] = [v.with_recurrent_dtype(dtype) if isinstance(v, BatchState) else v for v in value]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def select(self: S, index: slice | Tensor | Sequence[int]) -> S:
         """The rows `index` of the batch (a slice or index list; an int would drop the dim)."""

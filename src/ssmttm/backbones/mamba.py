@@ -19,6 +19,8 @@ from ssmttm.ops.selective_scan import selective_scan_chunked, selective_scan_ste
 
 @dataclass
 class MambaState(BatchState):
+    recurrent_fields = ("ssm",)
+
     conv: Tensor  # (B, d_inner, d_conv): the convolution's last d_conv inputs
     ssm: Tensor  # (B, d_inner, d_state)
 

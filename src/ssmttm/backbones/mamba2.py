@@ -20,6 +20,8 @@ from ssmttm.ops.ssd import ssd_chunked
 
 @dataclass
 class Mamba2State(BatchState):
+    recurrent_fields = ("ssm",)
+
     conv: Tensor  # (B, conv_dim, d_conv): the convolution's last d_conv inputs, as mamba_ssm keeps them
     ssm: Tensor  # (B, nheads, headdim, d_state)
 

@@ -24,9 +24,21 @@ Text = tuple[Tensor, Tensor]  # embeddings (B, L, text_dim) and mask (B, L)
 
 
 class Generator:
-    def __init__(self, lm: MusicLM, weight_dtype: torch.dtype | None = None, cuda_graph: bool | None = None) -> None:
+    def __init__(
+        self,
+        lm: MusicLM,
+        weight_dtype: torch.dtype | None = None,
+        cuda_graph: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
         """weight_dtype: decode with a private copy of the model whose Linear weights are stored in
-        this dtype (bf16 halves the bytes a step reads); the state and activations stay fp32.
+        this dtype (bf16 halves the bytes a step reads); activations stay fp32.
+
+        state_dtype: store the SSM's recurrent state in this dtype between steps (bf16: half the
+        bytes; at batch 16 the state is most of what a step reads and writes). Each step updates
+        and reads it out in fp32 and rounds once when storing, as mamba_ssm does when it decodes
+        in bf16. The prefill's state is computed in fp32 and then rounded. None or fp32: fp32.
+        SSM backbones only: a Transformer's KV cache is not a recurrent state.
 
         cuda_graph: on a GPU, capture the step once per call and replay it (cuda_graph.py), which
         the SSM backbones allow; None (the default) does so wherever it applies, False never, True
@@ -36,8 +48,18 @@ class Generator:
         """
         if weight_dtype is not None and weight_dtype != torch.float32:
             lm = cast_linear_weights(copy.deepcopy(lm), weight_dtype)
+        if state_dtype == torch.float32:
+            state_dtype = None
+        if state_dtype is not None:
+            if lm.cfg.backbone.kind == "transformer":
+                raise ValueError(
+                    "state_dtype applies to the SSM backbones' recurrent state; a transformer has a KV cache"
+                )
+            if not state_dtype.is_floating_point:
+                raise ValueError(f"state_dtype must be a floating-point dtype, not {state_dtype}")
         self.lm = lm.eval()
         self.cuda_graph = cuda_graph
+        self.state_dtype = state_dtype
 
     @torch.no_grad()
     def generate(
@@ -101,6 +123,8 @@ class Generator:
         full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the prompt fills entirely
         seq = given[..., :full]
         logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq, clock=clock)
+        if self.state_dtype is not None:
+            state = state.with_recurrent_dtype(self.state_dtype)
         step = self.lm.step
         if self._graphed(text.device) and length - full > 1:
             graphed = GraphedStep(self.lm, state, torch.cat([given[..., 0]] * 2) if guided else given[..., 0])

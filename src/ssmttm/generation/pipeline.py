@@ -55,7 +55,9 @@ class TextToMusic:
         config: PretrainedConfig,
         weight_dtype: torch.dtype | None = None,
         max_duration: float = MAX_DURATION_S,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
+        """weight_dtype and state_dtype: see `Generator` (bf16 Linear weights, a bf16 SSM state)."""
         if codec.num_codebooks != lm.cfg.num_codebooks or codec.cardinality != lm.cfg.cardinality:
             raise GenerationError(
                 f"codec {codec.name} gives {codec.num_codebooks} x {codec.cardinality} codes; the model reads "
@@ -68,12 +70,16 @@ class TextToMusic:
         if text_encoder.padding == "release" and lm.cfg.text_mask != "ignore":
             raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")
         self.lm, self.codec, self.text_encoder, self.config = lm.eval(), codec, text_encoder, config
-        self.generator = Generator(lm, weight_dtype)
+        self.generator = Generator(lm, weight_dtype, state_dtype=state_dtype)
         self.max_duration = max_duration
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, device: str = "cpu", weight_dtype: torch.dtype | None = None
+        cls,
+        source: str | Path,
+        device: str = "cpu",
+        weight_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> TextToMusic:
         """An exported model (folder or hub id) with the codec and text encoder its config names.
         `device` is the LM's and the text encoder's; the codec goes there too unless it is a
@@ -81,7 +87,7 @@ class TextToMusic:
         lm, config = load_pretrained(source, device=device, dtype=torch.float32)
         codec = load_codec(config.codec, lm.cfg.num_codebooks, device=codec_device(config.codec, device))
         text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
-        return cls(lm, codec, text_encoder, config, weight_dtype)
+        return cls(lm, codec, text_encoder, config, weight_dtype, state_dtype=state_dtype)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(

@@ -82,7 +82,13 @@ def selective_scan_chunked(
 def selective_scan_step(state: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """One recurrent step, updating `state` (b, d, n) in place; u, dt (b, d); B, C (b, n).
 
-    Returns y (b, d) without the D skip and gate.
+    Returns y (b, d) without the D skip and gate. A state stored in a lower precision than u
+    (bf16) is updated and read out in u's precision and rounded once when stored.
     """
-    state.mul_(torch.exp(dt[..., None] * A)).add_((dt * u)[..., None] * B[:, None, :])
+    decay, inputs = torch.exp(dt[..., None] * A), (dt * u)[..., None] * B[:, None, :]
+    if state.dtype != u.dtype:
+        wide = state.to(u.dtype) * decay + inputs
+        state.copy_(wide)
+        return (wide @ C[..., None]).squeeze(-1)
+    state.mul_(decay).add_(inputs)
     return (state @ C[..., None]).squeeze(-1)

@@ -92,12 +92,20 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
 
     state (b, h, p, n); x (b, h, p); dt (b, h) positive; A (h,); B, C (b, g, n).
     Returns y (b, h, p) without the D skip.
+
+    A state stored in a lower precision than x (bf16) is updated and read out in x's precision
+    and rounded once when stored, as mamba_ssm's selective_state_update does.
     """
     h = state.shape[1]
     g = B.shape[1]
     dA = torch.exp(dt * A)  # (b, h)
     Bh = B.repeat_interleave(h // g, dim=1)  # (b, h, n)
     Ch = C.repeat_interleave(h // g, dim=1)
+    inputs = (dt[:, :, None] * x)[..., None]
+    if state.dtype != x.dtype:
+        wide = torch.addcmul(state.to(x.dtype) * dA[:, :, None, None], inputs, Bh[:, :, None, :])
+        state.copy_(wide)
+        return (wide @ Ch[..., None]).squeeze(-1)
     # In place: a fresh 4 MB state per layer and step costs page faults, not just bandwidth.
-    state.mul_(dA[:, :, None, None]).addcmul_((dt[:, :, None] * x)[..., None], Bh[:, :, None, :])
+    state.mul_(dA[:, :, None, None]).addcmul_(inputs, Bh[:, :, None, :])
     return (state @ Ch[..., None]).squeeze(-1)
