@@ -9,6 +9,7 @@ same models, random weights and method, from its helpers, on one CUDA device in 
               what `Generator` does on a GPU by default): the decoding state is the same tensors
               at every position (Mamba-2's step updates it in place), so one capture serves a
               whole clip. A KV cache grows at every step, so MusicGen cannot be captured like this.
+              Also with the SSM state stored in bf16 between steps (`Generator(state_dtype=...)`).
   MusicGen    transformers' `MusicgenForCausalLM` shaped like musicgen-small, fp32 and bf16, with a
               random KV cache of the position's length; EnCodec frames, 50 per second of audio.
 
@@ -55,7 +56,15 @@ from ssmttm.lm import MusicLM
 DEVICE = "cuda"
 POSITIONS = [0, 5, 10, 30, 60, 120]
 CLIPS = [10, 30, 120]
-VARIANTS = ["simba-300m fp32", "simba-300m bf16 weights", "simba-300m fp32 graphed", "MusicGen fp32", "MusicGen bf16"]
+VARIANTS = [
+    "simba-300m fp32",
+    "simba-300m bf16 weights",
+    "simba-300m fp32 graphed",
+    "simba-300m graphed, bf16 state",
+    "MusicGen fp32",
+    "MusicGen bf16",
+]
+OURS = [v for v in VARIANTS if v.startswith("simba")]
 
 
 def synced(fn: Callable[[], object], steps: int) -> float:
@@ -91,11 +100,13 @@ def their(bf16: bool):
 def measure(variant: str, batch: int, seconds: float, steps: int) -> dict:
     torch.cuda.empty_cache()
     if variant.startswith("simba"):
-        lm, text = ours(batch, "bf16" in variant)
+        lm, text = ours(batch, "bf16 weights" in variant)
         _, state = lm.prefill(text)  # the state's size does not depend on the position: no filling needed
+        if "bf16 state" in variant:
+            state = state.with_recurrent_dtype(torch.bfloat16)
         tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks), device=DEVICE)
         torch.cuda.reset_peak_memory_stats()
-        if variant.endswith("graphed"):
+        if "graphed" in variant:
             graphed = GraphedStep(lm, state, tokens)  # what Generator replays on a GPU
 
             def step():
@@ -136,8 +147,9 @@ def measure(variant: str, batch: int, seconds: float, steps: int) -> dict:
 def real_generation(variant: str, seconds: float) -> float:
     """Wall-clock seconds of one real generation at batch 2 (a prompt and its CFG twin)."""
     if variant.startswith("simba"):
-        lm, text = ours(1, "bf16" in variant)
-        generator = Generator(lm, cuda_graph=variant.endswith("graphed"))
+        lm, text = ours(1, "bf16 weights" in variant)
+        state_dtype = torch.bfloat16 if "bf16 state" in variant else None
+        generator = Generator(lm, cuda_graph="graphed" in variant, state_dtype=state_dtype)
         sampling = SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
         frames = frames_at(seconds, FRAME_RATE)
         generator.generate(text, None, 8, sampling, seed=0)  # warm-up: CUDA's first kernels
@@ -209,10 +221,10 @@ def main() -> None:
                     f"| {at['peak_gib']:.2f} GiB |"
                 )
         print(flush=True)
-    print(f"one real {check:g} s generation at batch 2 in fp32 (ours: Generator.generate), against the estimate\n")
+    print(f"one real {check:g} s generation at batch 2 (ours: Generator.generate), against the estimate\n")
     print("| model | real wall-clock | estimated | real / estimated |")
     print("|---|---|---|---|")
-    for v in ("simba-300m fp32", "simba-300m fp32 graphed", "MusicGen fp32"):
+    for v in ("simba-300m fp32", "simba-300m fp32 graphed", "simba-300m graphed, bf16 state", "MusicGen fp32"):
         try:
             real = real_generation(v, check)
         except Exception as err:
@@ -227,7 +239,7 @@ def main() -> None:
     print("\nratios (the issue's CPU targets, read on this GPU):")
     for batch in batches:
         theirs = estimates.get((batch, "MusicGen fp32", mid)), estimates.get((batch, "MusicGen fp32", long))
-        for v in VARIANTS[:3]:
+        for v in OURS:
             mine = estimates.get((batch, v, mid)), estimates.get((batch, v, long))
             cells = [
                 f"{t / m:.2f}x at {c:g} s" if m and t else f"- at {c:g} s"

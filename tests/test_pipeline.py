@@ -245,6 +245,25 @@ def test_cli_writes_numbered_outputs_with_sidecars(model_dir, tmp_path, capsys):
     assert sf.info(str(tmp_path / "one.wav")).frames == 22050
 
 
+def test_cli_bf16_precision_stores_weights_and_state_in_bf16(model_dir, tmp_path, monkeypatch):
+    built = []
+    load = TextToMusic.from_pretrained.__func__
+
+    def spy(cls, source, **kwargs):
+        built.append(load(cls, source, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(TextToMusic, "from_pretrained", classmethod(spy))
+    out = tmp_path / "bf16.wav"
+    argv = ["generate", "piano", "--model", str(model_dir), "--duration", "1", "--precision", "bf16", "-o", str(out)]
+    assert main(argv) == 0
+    generator = built[0].generator
+    assert generator.state_dtype == torch.bfloat16 and generator.lm.heads[0].weight.dtype == torch.bfloat16
+    wav, _ = sf.read(out)
+    assert np.abs(wav).max() > 0
+    assert json.loads((tmp_path / "bf16.wav.json").read_text())["precision"] == "bf16"
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()

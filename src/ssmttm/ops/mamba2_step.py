@@ -37,7 +37,7 @@ def mamba2_step_ref(
     eps: float,
 ) -> Tensor:
     """zxbcdt (B, 2 d_inner + 2 g n + H) -> (B, d_inner); conv_state (B, conv_dim, W) and
-    ssm_state (B, H, P, N) are updated in place."""
+    ssm_state (B, H, P, N), fp32 or bf16 (`ssd_step`), are updated in place."""
     _, heads, headdim, d_state = ssm_state.shape
     d_inner = heads * headdim
     z, xBC, dt = zxbcdt.split([d_inner, conv_state.shape[1], heads], dim=-1)
