@@ -55,8 +55,8 @@ class Generator:
                 raise ValueError(
                     "state_dtype applies to the SSM backbones' recurrent state; a transformer has a KV cache"
                 )
-            if not state_dtype.is_floating_point:
-                raise ValueError(f"state_dtype must be a floating-point dtype, not {state_dtype}")
+            if state_dtype != torch.bfloat16:  # fp16's range could overflow a state; the kernels take bf16
+                raise ValueError(f"state_dtype must be torch.float32 or torch.bfloat16, not {state_dtype}")
         self.lm = lm.eval()
         self.cuda_graph = cuda_graph
         self.state_dtype = state_dtype
