@@ -46,9 +46,11 @@ def test_fused_step_equals_reference(batch, ngroups, d_state, state_dtype):
     torch.testing.assert_close(states["fused"][0], states["ref"][0])
     assert states["fused"][1].dtype == state_dtype
     # bf16: both round the same fp32 values to nearest even, so at most an ulp apart where the
-    # fp32 sums differ in their last bit
+    # fp32 sums differ in their last bit, and rarely (a truncating store would differ on about half)
     tolerance = 1e-5 if state_dtype == torch.float32 else 8e-3
     torch.testing.assert_close(states["fused"][1], states["ref"][1], atol=tolerance, rtol=tolerance)
+    if state_dtype == torch.bfloat16:
+        assert (states["fused"][1] != states["ref"][1]).float().mean() < 0.01
 
 
 def test_a_bf16_state_step_is_the_fp32_step_rounded_once():
