@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from ssmttm.backbones.blocks import Block
+from ssmttm.config import load_preset
+from ssmttm.generation import Generator
+from ssmttm.lm import MusicLM
 from ssmttm.ops import cpu_kernels
 from ssmttm.ops.linear import _kernel_applies, linear
 from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
@@ -98,3 +102,75 @@ def test_more_rows_than_the_kernel_takes_go_to_the_matmul():
     with torch.no_grad():
         assert not _kernel_applies(x, layer.weight)
         torch.testing.assert_close(linear(x, layer), layer(x))
+
+
+# d_model 40 and mlp_hidden 72: widths with a remainder after 16-wide vectors; two groups; d_state 37
+SMALL_SIMBA = [
+    "backbone.n_layers=2",
+    "backbone.d_model=40",
+    "backbone.mlp_hidden=72",
+    "backbone.mamba2.headdim=8",
+    "backbone.mamba2.ngroups=2",
+    "backbone.mamba2.d_state=37",
+    "backbone.norm_eps=1e-4",
+]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize(("weight_dtype", "state_dtype"), [(None, None), (torch.bfloat16, torch.bfloat16)])
+def test_block_step_kernel_decodes_like_the_modules(monkeypatch, rows, weight_dtype, state_dtype):
+    """A whole SiMBA block in one C++ call against the same block run module by module (each of
+    whose kernels has its own test above): logits and every state tensor, over several steps."""
+    if rows > cpu_kernels.linear_max_rows():
+        pytest.skip("this CPU's kernels take at most 4 rows (no AVX-512)")
+    torch.manual_seed(0)
+    lm = Generator(MusicLM(load_preset("tiny-simba", SMALL_SIMBA)), weight_dtype=weight_dtype).lm
+    with torch.no_grad():
+        _, state = lm.prefill(torch.randn(rows, 5, lm.cfg.text_dim))
+        if state_dtype is not None:
+            state = state.with_recurrent_dtype(state_dtype)
+        states = {"fused": state.clone(), "modules": state.clone()}
+        fused_calls = 0
+        original = Block._step_fused
+
+        def counted(self, x, mixer_state):
+            nonlocal fused_calls
+            fused_calls += 1
+            return original(self, x, mixer_state)
+
+        monkeypatch.setattr(Block, "_step_fused", counted)
+        for _ in range(3):
+            tokens = torch.randint(0, lm.cfg.cardinality, (rows, lm.cfg.num_codebooks))
+            logits, states["fused"] = lm.step(tokens, states["fused"])
+            with monkeypatch.context() as patch:
+                patch.setattr(Block, "_fused_step_applies", lambda *_: False)
+                expected, states["modules"] = lm.step(tokens, states["modules"])
+            torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert fused_calls == 3 * len(lm.backbone.layers)
+    for got, want in zip(states["fused"].tensors(), states["modules"].tensors(), strict=True):
+        assert got.dtype == want.dtype
+        tolerance = 1e-5 if got.dtype == torch.float32 else 8e-3  # bf16: an ulp where fp32 sums differ
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+
+
+def test_block_step_kernel_is_not_used_where_it_cannot_apply():
+    lm = MusicLM(load_preset("tiny-simba", SMALL_SIMBA)).eval()
+    block = lm.backbone.layers[0]
+    with torch.no_grad():
+        _, state = lm.prefill(torch.randn(2, 5, lm.cfg.text_dim))
+    x, layer_state = torch.randn(2, 40), state.backbone.layers[0]
+    with torch.no_grad():
+        assert block._fused_step_applies(x, layer_state)
+        assert not block._fused_step_applies(x.double(), layer_state)
+        assert not block._fused_step_applies(torch.randn(cpu_kernels.linear_max_rows() + 1, 40), layer_state)
+        block.mlp.fc1.half()  # a weight dtype the kernel does not read
+        assert not block._fused_step_applies(x, layer_state)
+        block.mlp.fc1.float()
+        block.train()  # dropout
+        assert not block._fused_step_applies(x, layer_state)
+        block.eval()
+    assert not block._fused_step_applies(x, layer_state)  # gradients wanted
+    cross = MusicLM(load_preset("tiny-simba", [*SMALL_SIMBA, "conditioning=cross"])).eval()
+    with torch.no_grad():
+        _, cross_state = cross.prefill(torch.randn(2, 5, cross.cfg.text_dim))
+        assert not cross.backbone.layers[0]._fused_step_applies(x, cross_state.backbone.layers[0])

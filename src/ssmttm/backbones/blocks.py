@@ -11,12 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmttm.backbones.attention import CrossAttention, CrossState
 from ssmttm.backbones.base import Backbone, BatchState, Context, Mixer
+from ssmttm.backbones.mamba2 import Mamba2
 from ssmttm.config import BackboneConfig
+from ssmttm.ops import cpu_kernels
 from ssmttm.ops.linear import linear
 
 
@@ -68,8 +71,69 @@ class Block(nn.Module):
         return self._rest(x + self._drop(y), cross), BlockState(mixer_state, cross)
 
     def step(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
+        if self._fused_step_applies(x, state):
+            return self._step_fused(x, state.mixer), state
+        return self._step_modules(x, state)
+
+    def _step_modules(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
         y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer)
         return self._rest(x + self._drop(y), state.cross), BlockState(mixer_state, state.cross)
+
+    def _fused_step_applies(self, x: Tensor, state: BlockState) -> bool:
+        """A SiMBA block (Mamba-2 mixer, RMSNorms, MLP, no cross-attention) decoding fp32 rows on a
+        CPU with the C++ kernels: its whole step is one `block_step` call."""
+        return (
+            isinstance(self.mixer, Mamba2)
+            and self.mlp is not None
+            and self.cross is None
+            and isinstance(self.mixer_norm, nn.RMSNorm)
+            and isinstance(self.mlp_norm, nn.RMSNorm)
+            and self.mixer_norm.weight is not None
+            and self.mlp_norm.weight is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and x.dim() == 2
+            and x.dtype == state.mixer.conv.dtype == self.mixer_norm.weight.dtype == torch.float32
+            and x.is_cpu
+            and all(layer.weight.dtype in _KERNEL_WEIGHTS for layer in self._linears())
+            and cpu_kernels.available()
+            and x.shape[0] <= cpu_kernels.linear_max_rows()
+        )
+
+    def _step_fused(self, x: Tensor, state: Any) -> Tensor:
+        """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); `state` (Mamba2State) is updated in place."""
+        mixer, mlp = self.mixer, self.mlp
+        assert isinstance(mixer, Mamba2) and mlp is not None
+        return cpu_kernels.extension().block_step(
+            x.contiguous(),
+            self.mixer_norm.weight,
+            _eps(self.mixer_norm),
+            mixer.in_proj.weight,
+            mixer.in_proj.bias,
+            state.conv,
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            mixer.dt_bias,
+            mixer.A_log,
+            mixer.D,
+            mixer.norm.weight,
+            state.ssm,
+            mixer.cfg.ngroups,
+            mixer.norm.eps,
+            mixer.out_proj.weight,
+            mixer.out_proj.bias,
+            self.mlp_norm.weight,
+            _eps(self.mlp_norm),
+            mlp.fc1.weight,
+            mlp.fc1.bias,
+            mlp.fc2.weight,
+            mlp.fc2.bias,
+        )
+
+    def _linears(self) -> tuple[nn.Linear, ...]:
+        mixer, mlp = self.mixer, self.mlp
+        assert isinstance(mixer, Mamba2) and mlp is not None
+        return mixer.in_proj, mixer.out_proj, mlp.fc1, mlp.fc2
 
     def _rest(self, x: Tensor, cross: CrossState | None) -> Tensor:
         """Cross-attention and MLP: per position, the same in every path."""
@@ -81,6 +145,14 @@ class Block(nn.Module):
 
     def _drop(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.dropout, self.training)
+
+
+_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)
+
+
+def _eps(norm: nn.RMSNorm) -> float:
+    """The epsilon nn.RMSNorm adds: its own, or fp32's machine epsilon when it has none."""
+    return norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
 
 
 @dataclass

@@ -10,11 +10,15 @@
 // linear_rows: y = x W^T + b for 1-8 rows (1-4 without AVX-512). At these batch sizes MKL and
 // oneDNN stream weights no faster than this loop, and on some CPUs several times slower
 // (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
+//
+// block_step: a whole SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual, RMSNorm, MLP,
+// residual) in one call, so that no small op runs between the weight reads. Twin: Block._step_modules.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 static inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 static inline float softplus(float v) { return v > 20.f ? v : std::log1p(std::exp(v)); }
@@ -277,25 +281,113 @@ static constexpr int64_t MAX_ROWS = 4;
 static int64_t padded_rows(int64_t rows) { return rows; }
 #endif
 
-torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
+// Y (rows, out) = X (rows, in) W^T, X and Y contiguous fp32; rows 5-7 go through padded copies.
+static void linear_into(const torch::Tensor& weight, const float* X, float* Y, int64_t rows, int64_t in) {
+  const int64_t out = weight.size(0), padded = padded_rows(rows);
+  std::vector<float> xpad, ypad;
+  if (padded > rows) {
+    xpad.assign(padded * in, 0.f);
+    std::memcpy(xpad.data(), X, sizeof(float) * rows * in);
+    ypad.resize(padded * out);
+    X = xpad.data();
+  }
+  float* dst = padded > rows ? ypad.data() : Y;
+  if (weight.scalar_type() == torch::kFloat32) {
+    dot_all(weight.data_ptr<float>(), X, dst, padded, out, in);
+  } else {
+    dot_all(reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), X, dst, padded, out, in);
+  }
+  if (padded > rows) std::memcpy(Y, ypad.data(), sizeof(float) * rows * out);
+}
+
+static void check_weight(const torch::Tensor& weight, int64_t in, const char* what) {
   const auto dtype = weight.scalar_type();
   TORCH_CHECK((dtype == torch::kFloat32 || dtype == torch::kBFloat16) && weight.is_contiguous() &&
-                  weight.device().is_cpu(), "linear_rows: contiguous fp32 or bf16 CPU weights");
+                  weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == in,
+              what, ": contiguous fp32 or bf16 CPU weights of width ", in);
+}
+
+// Y (rows, out) += bias, the bias fp32 or bf16 (cast_linear_weights casts biases with the weights).
+static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t rows, int64_t out) {
+  if (!bias.has_value()) return;
+  const auto b = bias->to(torch::kFloat32).contiguous();
+  const float* bv = b.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) Y[r * out + o] += bv[o];
+}
+
+torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
   x = x.contiguous().to(torch::kFloat32);
   const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS && weight.size(1) == in, "linear_rows: too many rows, or widths differ");
-  const int64_t padded = padded_rows(rows);
-  if (padded > rows) x = torch::cat({x, x.new_zeros({padded - rows, in})});
-  auto y = torch::empty({padded, out}, x.options());
-  if (dtype == torch::kFloat32) {
-    dot_all(weight.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), padded, out, in);
-  } else {
-    const auto* W = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-    dot_all(W, x.data_ptr<float>(), y.data_ptr<float>(), padded, out, in);
-  }
-  if (padded > rows) y = y.narrow(0, 0, rows);
-  if (bias.has_value()) y.add_(bias->to(torch::kFloat32));
+  check_weight(weight, in, "linear_rows");
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "linear_rows: 1 to ", MAX_ROWS, " rows");
+  auto y = torch::empty({rows, out}, x.options());
+  linear_into(weight, x.data_ptr<float>(), y.data_ptr<float>(), rows, in);
+  add_bias(bias, y.data_ptr<float>(), rows, out);
   return y;
+}
+
+
+// block_step: one SiMBA block's decoding step, x + mixer(norm(x)) and then + mlp(norm(x)). Around its
+// five weight reads and the state update, eager PyTorch runs about fifteen small ops a block, and
+// after megabytes of weights have streamed through the caches each of them starts cold: 30-80 us
+// for ops on (2, 1024) on the 2-core Xeon VM, some 10 ms of a 55 ms simba-300m step at batch 2.
+// Here they are loops over a few thousand floats. Twin: Block._step_modules.
+static void rms_norm_into(const float* x, const float* w, float* y, int64_t rows, int64_t d, double eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    float* yr = y + r * d;
+    float ss = 0.f;
+    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const float scale = 1.f / std::sqrt(ss / d + static_cast<float>(eps));
+    for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * scale * w[i];
+  }
+}
+
+static inline float gelu(float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f)); }
+
+torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer_eps, torch::Tensor in_proj,
+                         c10::optional<torch::Tensor> in_bias, torch::Tensor conv_state, torch::Tensor conv_weight,
+                         torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
+                         torch::Tensor gate_norm, torch::Tensor ssm_state, int64_t ngroups, double gate_eps,
+                         torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias, torch::Tensor mlp_norm,
+                         double mlp_eps, torch::Tensor fc1, c10::optional<torch::Tensor> fc1_bias, torch::Tensor fc2,
+                         c10::optional<torch::Tensor> fc2_bias) {
+  for (const auto& t : {x, mixer_norm, mlp_norm}) {
+    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu(),
+                "block_step: contiguous fp32 CPU activations and norm weights only");
+  }
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MAX_ROWS, "block_step: x (1 to ", MAX_ROWS, " rows, d)");
+  const int64_t rows = x.size(0), d = x.size(1), hidden = fc1.size(0), d_inner = out_proj.size(1);
+  check_weight(in_proj, d, "block_step in_proj");
+  check_weight(out_proj, d_inner, "block_step out_proj");
+  check_weight(fc1, d, "block_step fc1");
+  check_weight(fc2, hidden, "block_step fc2");
+  TORCH_CHECK(out_proj.size(0) == d && fc2.size(0) == d && mixer_norm.numel() == d && mlp_norm.numel() == d,
+              "block_step: shapes");
+
+  auto out = x.clone();  // the residual stream
+  float* res = out.data_ptr<float>();
+  std::vector<float> normed(rows * d), back(rows * d), hid(rows * hidden);
+
+  rms_norm_into(res, mixer_norm.data_ptr<float>(), normed.data(), rows, d, mixer_eps);
+  auto zxbcdt = torch::empty({rows, in_proj.size(0)}, x.options());
+  linear_into(in_proj, normed.data(), zxbcdt.data_ptr<float>(), rows, d);
+  add_bias(in_bias, zxbcdt.data_ptr<float>(), rows, in_proj.size(0));
+  const auto y = mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, gate_norm, ssm_state,
+                             ngroups, gate_eps);
+  linear_into(out_proj, y.data_ptr<float>(), back.data(), rows, d_inner);
+  add_bias(out_bias, back.data(), rows, d);
+  for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+
+  rms_norm_into(res, mlp_norm.data_ptr<float>(), normed.data(), rows, d, mlp_eps);
+  linear_into(fc1, normed.data(), hid.data(), rows, d);
+  add_bias(fc1_bias, hid.data(), rows, hidden);
+  for (auto& v : hid) v = gelu(v);
+  linear_into(fc2, hid.data(), back.data(), rows, hidden);
+  add_bias(fc2_bias, back.data(), rows, d);
+  for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+  return out;
 }
 
 int64_t linear_max_rows() { return MAX_ROWS; }
@@ -303,5 +395,6 @@ int64_t linear_max_rows() { return MAX_ROWS; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
   m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights");
+  m.def("block_step", &block_step, "one SiMBA block's decoding step: Mamba-2 mixer and MLP, each after an RMSNorm");
   m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }
