@@ -105,26 +105,27 @@ def test_more_rows_than_the_kernel_takes_go_to_the_matmul():
 
 
 # d_model 40 and mlp_hidden 72: widths with a remainder after 16-wide vectors; two groups; d_state 37
-SMALL_SIMBA = [
+SMALL_MAMBA2 = [
     "backbone.n_layers=2",
     "backbone.d_model=40",
-    "backbone.mlp_hidden=72",
     "backbone.mamba2.headdim=8",
     "backbone.mamba2.ngroups=2",
     "backbone.mamba2.d_state=37",
     "backbone.norm_eps=1e-4",
 ]
+SMALL_SIMBA = [*SMALL_MAMBA2, "backbone.mlp_hidden=72"]
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize(("weight_dtype", "state_dtype"), [(None, None), (torch.bfloat16, torch.bfloat16)])
-def test_block_step_kernel_decodes_like_the_modules(monkeypatch, rows, weight_dtype, state_dtype):
-    """A whole SiMBA block in one C++ call against the same block run module by module (each of
-    whose kernels has its own test above): logits and every state tensor, over several steps."""
+@pytest.mark.parametrize(("preset", "overrides"), [("tiny-simba", SMALL_SIMBA), ("tiny-mamba2", SMALL_MAMBA2)])
+def test_block_step_kernel_decodes_like_the_modules(monkeypatch, rows, weight_dtype, state_dtype, preset, overrides):
+    """A whole SiMBA or Mamba-2 block in one C++ call against the same block run module by module
+    (each of whose kernels has its own test above): logits and every state tensor, over several steps."""
     if rows > cpu_kernels.linear_max_rows():
         pytest.skip("this CPU's kernels take at most 4 rows (no AVX-512)")
     torch.manual_seed(0)
-    lm = Generator(MusicLM(load_preset("tiny-simba", SMALL_SIMBA)), weight_dtype=weight_dtype).lm
+    lm = Generator(MusicLM(load_preset(preset, overrides)), weight_dtype=weight_dtype).lm
     with torch.no_grad():
         _, state = lm.prefill(torch.randn(rows, 5, lm.cfg.text_dim))
         if state_dtype is not None:

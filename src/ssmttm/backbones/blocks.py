@@ -80,16 +80,12 @@ class Block(nn.Module):
         return self._rest(x + self._drop(y), state.cross), BlockState(mixer_state, state.cross)
 
     def _fused_step_applies(self, x: Tensor, state: BlockState) -> bool:
-        """A SiMBA block (Mamba-2 mixer, RMSNorms, MLP, no cross-attention) decoding fp32 rows on a
-        CPU with the C++ kernels: its whole step is one `block_step` call."""
+        """A Mamba-2 or SiMBA block (Mamba-2 mixer, RMSNorms, any MLP, no cross-attention) decoding
+        fp32 rows on a CPU with the C++ kernels: its whole step is one `block_step` call."""
         return (
             isinstance(self.mixer, Mamba2)
-            and self.mlp is not None
             and self.cross is None
-            and isinstance(self.mixer_norm, nn.RMSNorm)
-            and isinstance(self.mlp_norm, nn.RMSNorm)
-            and self.mixer_norm.weight is not None
-            and self.mlp_norm.weight is not None
+            and all(isinstance(norm, nn.RMSNorm) and norm.weight is not None for norm in self._norms())
             and not self.training
             and not torch.is_grad_enabled()
             and x.dim() == 2
@@ -103,7 +99,7 @@ class Block(nn.Module):
     def _step_fused(self, x: Tensor, state: Any) -> Tensor:
         """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); `state` (Mamba2State) is updated in place."""
         mixer, mlp = self.mixer, self.mlp
-        assert isinstance(mixer, Mamba2) and mlp is not None
+        assert isinstance(mixer, Mamba2)
         return cpu_kernels.extension().block_step(
             x.contiguous(),
             self.mixer_norm.weight,
@@ -122,18 +118,21 @@ class Block(nn.Module):
             mixer.norm.eps,
             mixer.out_proj.weight,
             mixer.out_proj.bias,
-            self.mlp_norm.weight,
-            _eps(self.mlp_norm),
-            mlp.fc1.weight,
-            mlp.fc1.bias,
-            mlp.fc2.weight,
-            mlp.fc2.bias,
+            None if mlp is None else self.mlp_norm.weight,
+            0.0 if mlp is None else _eps(self.mlp_norm),
+            None if mlp is None else mlp.fc1.weight,
+            None if mlp is None else mlp.fc1.bias,
+            None if mlp is None else mlp.fc2.weight,
+            None if mlp is None else mlp.fc2.bias,
         )
 
-    def _linears(self) -> tuple[nn.Linear, ...]:
+    def _norms(self) -> list[nn.Module]:
+        return [self.mixer_norm] if self.mlp_norm is None else [self.mixer_norm, self.mlp_norm]
+
+    def _linears(self) -> list[nn.Linear]:
         mixer, mlp = self.mixer, self.mlp
-        assert isinstance(mixer, Mamba2) and mlp is not None
-        return mixer.in_proj, mixer.out_proj, mlp.fc1, mlp.fc2
+        assert isinstance(mixer, Mamba2)
+        return [mixer.in_proj, mixer.out_proj] + ([] if mlp is None else [mlp.fc1, mlp.fc2])
 
     def _rest(self, x: Tensor, cross: CrossState | None) -> Tensor:
         """Cross-attention and MLP: per position, the same in every path."""

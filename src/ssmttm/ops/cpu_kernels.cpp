@@ -11,8 +11,9 @@
 // oneDNN stream weights no faster than this loop, and on some CPUs several times slower
 // (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
 //
-// block_step: a whole SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual, RMSNorm, MLP,
-// residual) in one call, so that no small op runs between the weight reads. Twin: Block._step_modules.
+// block_step: a whole Mamba-2 or SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual,
+// and SiMBA's RMSNorm, MLP, residual) in one call, so that no small op runs between the weight
+// reads. Twin: Block._step_modules.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -328,7 +329,8 @@ torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<t
 }
 
 
-// block_step: one SiMBA block's decoding step, x + mixer(norm(x)) and then + mlp(norm(x)). Around its
+// block_step: one Mamba-2 or SiMBA block's decoding step, x + mixer(norm(x)), then for SiMBA
+// + mlp(norm(x)). Around its
 // five weight reads and the state update, eager PyTorch runs about fifteen small ops a block, and
 // after megabytes of weights have streamed through the caches each of them starts cold: 30-80 us
 // for ops on (2, 1024) on the 2-core Xeon VM, some 10 ms of a 55 ms simba-300m step at batch 2.
@@ -350,21 +352,27 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer
                          c10::optional<torch::Tensor> in_bias, torch::Tensor conv_state, torch::Tensor conv_weight,
                          torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
                          torch::Tensor gate_norm, torch::Tensor ssm_state, int64_t ngroups, double gate_eps,
-                         torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias, torch::Tensor mlp_norm,
-                         double mlp_eps, torch::Tensor fc1, c10::optional<torch::Tensor> fc1_bias, torch::Tensor fc2,
+                         torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias,
+                         c10::optional<torch::Tensor> mlp_norm, double mlp_eps, c10::optional<torch::Tensor> fc1,
+                         c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
                          c10::optional<torch::Tensor> fc2_bias) {
-  for (const auto& t : {x, mixer_norm, mlp_norm}) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu(),
-                "block_step: contiguous fp32 CPU activations and norm weights only");
-  }
   TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MAX_ROWS, "block_step: x (1 to ", MAX_ROWS, " rows, d)");
-  const int64_t rows = x.size(0), d = x.size(1), hidden = fc1.size(0), d_inner = out_proj.size(1);
+  const int64_t rows = x.size(0), d = x.size(1), d_inner = out_proj.size(1);
+  const bool mlp = mlp_norm.has_value();  // a Mamba-2 stack's blocks have none
+  TORCH_CHECK(mlp == fc1.has_value() && mlp == fc2.has_value(), "block_step: an MLP needs its norm, fc1 and fc2");
+  for (const auto& t : mlp ? std::vector<torch::Tensor>{x, mixer_norm, *mlp_norm} : std::vector<torch::Tensor>{x, mixer_norm}) {
+    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu() && (t.dim() == 2 || t.numel() == d),
+                "block_step: contiguous fp32 CPU activations and norm weights of width ", d);
+  }
   check_weight(in_proj, d, "block_step in_proj");
   check_weight(out_proj, d_inner, "block_step out_proj");
-  check_weight(fc1, d, "block_step fc1");
-  check_weight(fc2, hidden, "block_step fc2");
-  TORCH_CHECK(out_proj.size(0) == d && fc2.size(0) == d && mixer_norm.numel() == d && mlp_norm.numel() == d,
-              "block_step: shapes");
+  TORCH_CHECK(out_proj.size(0) == d, "block_step: out_proj gives ", out_proj.size(0), " outputs, not ", d);
+  const int64_t hidden = mlp ? fc1->size(0) : 0;
+  if (mlp) {
+    check_weight(*fc1, d, "block_step fc1");
+    check_weight(*fc2, hidden, "block_step fc2");
+    TORCH_CHECK(fc2->size(0) == d, "block_step: fc2 gives ", fc2->size(0), " outputs, not ", d);
+  }
 
   auto out = x.clone();  // the residual stream
   float* res = out.data_ptr<float>();
@@ -380,11 +388,13 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer
   add_bias(out_bias, back.data(), rows, d);
   for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
 
-  rms_norm_into(res, mlp_norm.data_ptr<float>(), normed.data(), rows, d, mlp_eps);
-  linear_into(fc1, normed.data(), hid.data(), rows, d);
+  if (!mlp) return out;
+
+  rms_norm_into(res, mlp_norm->data_ptr<float>(), normed.data(), rows, d, mlp_eps);
+  linear_into(*fc1, normed.data(), hid.data(), rows, d);
   add_bias(fc1_bias, hid.data(), rows, hidden);
   for (auto& v : hid) v = gelu(v);
-  linear_into(fc2, hid.data(), back.data(), rows, hidden);
+  linear_into(*fc2, hid.data(), back.data(), rows, hidden);
   add_bias(fc2_bias, back.data(), rows, d);
   for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
   return out;
@@ -395,6 +405,6 @@ int64_t linear_max_rows() { return MAX_ROWS; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
   m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights");
-  m.def("block_step", &block_step, "one SiMBA block's decoding step: Mamba-2 mixer and MLP, each after an RMSNorm");
+  m.def("block_step", &block_step, "one Mamba-2 or SiMBA block's decoding step: the mixer and any MLP, each after an RMSNorm");
   m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }
