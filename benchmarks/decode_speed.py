@@ -10,10 +10,11 @@ Sections (all by default; `--sections table,forward` picks some):
              Each measurement runs in its own process, so peak RSS is that length's own.
   forward    `forward` over 2048 positions against 2048 `step` calls.
   bandwidth  the bytes a step reads (weights and state) per second, over the bandwidth of
-             summing a 1 GiB tensor, measured interleaved in the same run.
+             summing a 1 GiB tensor, measured interleaved in the same run; and the same step with
+             SiMBA blocks run op by op instead of in one `block_step` call.
   batch16    steps/s at batch 16.
-  bf16       the bf16-weight path (CPUs with AVX512-BF16 or AMX): speed, and its largest logit
-             difference from fp32.
+  bf16       the bf16-weight path (CPUs with AVX512-BF16 or AMX): speed (also op by op, as
+             above), and its largest logit difference from fp32.
   ablations  what the CPU-specific choices buy: the matmul form for decoding, the bf16 kernel,
              and the allocator setting, each against its alternative.
   release    simba-300m as an imported authors' checkpoint runs (`ssmttm import-release`): the
@@ -52,6 +53,7 @@ from speed_common import (
     worker,
 )
 
+from ssmttm.backbones.blocks import Block
 from ssmttm.generation import Generator
 from ssmttm.ops.linear import cast_linear_weights, linear
 
@@ -70,8 +72,13 @@ def run_steps(
     bf16: bool = False,
     overrides: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
+    block_kernel: bool = True,
 ) -> dict:
-    """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory."""
+    """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory.
+    `block_kernel=False` runs SiMBA blocks op by op (each op's own kernel still runs), as before
+    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own."""
+    if not block_kernel:
+        Block._fused_step_applies = lambda *_: False
     lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
     start = time.perf_counter()
     _, state = lm.prefill(text)
@@ -185,9 +192,11 @@ def section_bandwidth(steps: int) -> None:
         rates.append(in_process("steps", preset="simba-300m", batch=2, steps=steps)["steps_per_s"])
     rate, bandwidth = statistics.median(rates), statistics.median(bandwidths)
     eager = in_process("steps", env=EAGER, preset="simba-300m", batch=2, steps=steps)["steps_per_s"]
+    unfused = in_process("steps", preset="simba-300m", batch=2, steps=steps, block_kernel=False)["steps_per_s"]
     streamed = nbytes * rate / 1e9
     print(
-        f"batch 2, fp32: {rate:.2f} steps/s (eager PyTorch reference: {eager:.2f}); a step reads "
+        f"batch 2, fp32: {rate:.2f} steps/s (blocks op by op: {unfused:.2f}; eager PyTorch reference: "
+        f"{eager:.2f}); a step reads "
         f"{nbytes / 1e9:.3f} GB, so {streamed:.1f} GB/s; summing 1 GiB reads {bandwidth:.1f} GB/s; "
         f"(a) streams {100 * streamed / bandwidth:.0f}% of the read bandwidth",
         flush=True,
@@ -205,9 +214,11 @@ def section_bf16(steps: int) -> None:
         print("bf16: this CPU has neither AVX512-BF16 nor AMX; skipped")
         return
     b2 = in_process("steps", preset="simba-300m", batch=2, steps=steps, bf16=True)["steps_per_s"]
+    unfused = in_process("steps", preset="simba-300m", batch=2, steps=steps, bf16=True, block_kernel=False)
     b16 = in_process("steps", preset="simba-300m", batch=16, steps=max(steps // 4, 5), bf16=True)["steps_per_s"]
     print(
-        f"bf16 weights: {b2:.2f} steps/s at batch 2, {b16:.2f} at batch 16; largest logit difference "
+        f"bf16 weights: {b2:.2f} steps/s at batch 2 (blocks op by op: {unfused['steps_per_s']:.2f}), "
+        f"{b16:.2f} at batch 16; largest logit difference "
         f"from fp32 over 32 teacher-forced steps: {bf16_logit_difference():.4f}",
         flush=True,
     )
