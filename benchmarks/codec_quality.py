@@ -31,6 +31,7 @@ import torch
 from ssmttm.codecs import load_codec
 from ssmttm.codecs.quality import compare, mean_chroma, tempo_bpm
 from ssmttm.codecs.spectral import SpectralCodec
+from ssmttm.codecs.spectral.rvq import dequantize
 from ssmttm.data.audio import load_audio, resample, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.files import write_jsonl
@@ -38,12 +39,14 @@ from ssmttm.files import write_jsonl
 TARGET = 0.9
 CLEAR_GAP = 0.02  # a top 3 whose 3rd and 4th pitch classes are closer than this is a near tie
 _codec = None
+_error_scales: list[float] = []
 
 
-def _init(name: str) -> None:
-    global _codec
+def _init(name: str, error_scales: list[float]) -> None:
+    global _codec, _error_scales
     torch.set_num_threads(1)
     _codec = load_codec(name)
+    _error_scales = error_scales
 
 
 def _measure(path: str) -> dict:
@@ -65,6 +68,12 @@ def _measure(path: str) -> dict:
         resynthesized = _codec.model.synthesize(features).numpy()[None]
         unquantized = resample(resynthesized, _codec.sample_rate, rate)[0]
         row["unquantized"] = _as_dict(compare(mono, unquantized, rate, before))
+        frames = min(features.shape[0], codes.shape[-1])
+        dequantized = dequantize(codes[0, :, :frames].T, _codec.codebooks)  # (T, dim)
+        for scale in _error_scales:
+            closer = features[:frames] + scale * (dequantized - features[:frames])
+            wav_scaled = resample(_codec.model.synthesize(closer).numpy()[None], _codec.sample_rate, rate)[0]
+            row[f"error x{scale:g}"] = _as_dict(compare(mono, wav_scaled, rate, before))
     return row
 
 
@@ -100,6 +109,11 @@ def main() -> int:
     parser.add_argument("--sample-rate", type=int, default=22050, help="rate of the synthetic clips")
     parser.add_argument("--clips", default="benchmarks/.cache/codec-quality", help="where the clips are kept")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--error-scales",
+        default="0.5,0.3",
+        help="comma-separated: embedded codec only, also decode with the codebooks' error scaled by each ('' for none)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -108,7 +122,8 @@ def main() -> int:
     meta = [json.loads(line) for line in (corpus / "metadata.jsonl").read_text().splitlines()][: args.n]
     paths = [str(corpus / m["file"]) for m in meta]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.codec,)) as pool:
+    scales = [float(v) for v in args.error_scales.split(",") if v.strip()]
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.codec, scales)) as pool:
         rows = list(pool.map(_measure, paths))
     wall = time.perf_counter() - start
     write_jsonl(corpus / f"results-{args.codec.replace('/', '_')}.jsonl", rows)
@@ -121,6 +136,9 @@ def main() -> int:
     print(line)
     if "unquantized" in rows[0]:
         print(_summary("unquantized features", [r["unquantized"] for r in rows])[0])
+        for scale in scales:
+            label = f"codes, their error scaled by {scale:g}"
+            print(_summary(label, [r[f"error x{scale:g}"] for r in rows])[0])
     print(_summary("the original + noise at -50 dBFS", [r["reference"] for r in rows])[0])
     clear = [r for r in rows if r["gap_before"] >= CLEAR_GAP]
     kept = np.mean([r["harmony_kept"] for r in clear]) if clear else float("nan")

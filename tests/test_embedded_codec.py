@@ -140,6 +140,24 @@ def test_fit_save_and_load_round_trip(tmp_path):
     assert torch.equal(load_codec(str(out), num_codebooks=2).encode(clip, rate), codes[:, :2])
 
 
+def test_fit_command_takes_the_number_of_codebooks(tmp_path, capsys):
+    """More residual codebooks extend the fit: the first 4 of 6 are the 4 a plain fit gives."""
+    _, wav, rate = fixture_clips()[0]
+    corpus = tmp_path / "corpus"
+    save_audio(corpus / "a.flac", wav[: 3 * rate], rate)
+    small = ["--codebook-size", "16", "--max-frames", "200", "--iterations", "3"]
+    fit = ["codec", "fit", str(corpus), *small]
+    assert main([*fit, "--out", str(tmp_path / "c4.safetensors")]) == 0
+    assert main([*fit, "--out", str(tmp_path / "c6.safetensors"), "--codebooks", "6"]) == 0
+    four, six = load_codec(str(tmp_path / "c4.safetensors")), load_codec(str(tmp_path / "c6.safetensors"))
+    assert six.codebooks.shape == (6, 16, four.codebooks.shape[-1]) and six.model.config.num_codebooks == 6
+    assert torch.equal(six.codebooks[:4], four.codebooks)
+    capsys.readouterr()
+    assert main(["codec", "fit", str(corpus), "--out", str(tmp_path / "c0.safetensors"), "--codebooks", "0"]) == 2
+    assert "at least 1 codebook" in capsys.readouterr().err
+    assert not (tmp_path / "c0.safetensors").exists()
+
+
 def test_fit_and_load_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="no audio files"):
         fit_spectral_codec(tmp_path, tmp_path / "x.safetensors")

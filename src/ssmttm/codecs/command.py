@@ -24,6 +24,9 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-frames", type=int, default=120_000, help="frames sampled for k-means (default 120000)")
     fit.add_argument("--iterations", type=int, default=25, help="k-means iterations per codebook (default 25)")
     fit.add_argument("--codebook-size", type=int, default=1024, help="entries per codebook (default 1024)")
+    fit.add_argument(
+        "--codebooks", type=int, default=4, help="residual codebooks (default 4; the first K of more equal a fit of K)"
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=1, help="processes for the analysis (default 1)")
     fit.set_defaults(run=_fit)
@@ -62,7 +65,11 @@ def _fit(args: argparse.Namespace) -> None:
     from ssmttm.codecs.spectral.fit import FitConfig, fit_spectral_codec
 
     fit = FitConfig(max_frames=args.max_frames, iterations=args.iterations, seed=args.seed, workers=args.workers)
-    codec = fit_spectral_codec(args.corpus, args.out, SpectralConfig(codebook_size=args.codebook_size), fit)
+    if args.codebooks < 1 or args.codebook_size < 2:
+        count, size = args.codebooks, args.codebook_size
+        raise ValueError(f"need at least 1 codebook of at least 2 entries, not {count} of {size}")
+    config = SpectralConfig(num_codebooks=args.codebooks, codebook_size=args.codebook_size)
+    codec = fit_spectral_codec(args.corpus, args.out, config, fit)
     size = Path(args.out).stat().st_size
     print(f"{args.out}: {codec.num_codebooks} codebooks of {codec.cardinality}, {size / 2**20:.2f} MiB")
 
