@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ssmttm.backbones.blocks import Block
+from ssmttm.backbones.attention import CrossState
+from ssmttm.backbones.blocks import Block, BlockState
 from ssmttm.config import load_preset
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
@@ -118,7 +119,14 @@ SMALL_SIMBA = [*SMALL_MAMBA2, "backbone.mlp_hidden=72"]
 
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize(("weight_dtype", "state_dtype"), [(None, None), (torch.bfloat16, torch.bfloat16)])
-@pytest.mark.parametrize(("preset", "overrides"), [("tiny-simba", SMALL_SIMBA), ("tiny-mamba2", SMALL_MAMBA2)])
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("tiny-simba", SMALL_SIMBA),
+        ("tiny-mamba2", SMALL_MAMBA2),
+        ("tiny-simba", [*SMALL_SIMBA, "conditioning=cross", "backbone.num_heads=5"]),  # the demo's layout
+    ],
+)
 def test_block_step_kernel_decodes_like_the_modules(monkeypatch, rows, weight_dtype, state_dtype, preset, overrides):
     """A whole SiMBA or Mamba-2 block in one C++ call against the same block run module by module
     (each of whose kernels has its own test above): logits and every state tensor, over several steps."""
@@ -171,7 +179,27 @@ def test_block_step_kernel_is_not_used_where_it_cannot_apply():
         assert not block._fused_step_applies(x, layer_state)
         block.eval()
     assert not block._fused_step_applies(x, layer_state)  # gradients wanted
-    cross = MusicLM(load_preset("tiny-simba", [*SMALL_SIMBA, "conditioning=cross"])).eval()
+    transformer = MusicLM(load_preset("tiny-transformer")).eval()
     with torch.no_grad():
-        _, cross_state = cross.prefill(torch.randn(2, 5, cross.cfg.text_dim))
-        assert not cross.backbone.layers[0]._fused_step_applies(x, cross_state.backbone.layers[0])
+        _, state = transformer.prefill(torch.randn(2, 5, transformer.cfg.text_dim))
+        x = torch.randn(2, transformer.cfg.backbone.d_model)
+        assert not transformer.backbone.layers[0]._fused_step_applies(x, state.backbone.layers[0])
+
+
+def test_block_step_kernel_attends_like_the_modules_when_text_is_masked():
+    """Cross-attention over a padded caption, and over a row whose every text position is masked
+    (scaled_dot_product_attention gives zeros there; so must the kernel)."""
+    torch.manual_seed(0)
+    lm = MusicLM(load_preset("tiny-simba", [*SMALL_SIMBA, "conditioning=cross", "backbone.num_heads=5"])).eval()
+    with torch.no_grad():
+        _, state = lm.prefill(torch.randn(3, 6, lm.cfg.text_dim))
+        layer = state.backbone.layers[1]
+        mask = torch.ones(3, layer.cross.k.shape[2], dtype=torch.bool)
+        mask[1, 2:] = False
+        mask[2] = False
+        layer = BlockState(layer.mixer, CrossState(layer.cross.k, layer.cross.v, mask))
+        block, x = lm.backbone.layers[1], torch.randn(3, 40)
+        assert block._fused_step_applies(x, layer)
+        fused, _ = block.step(x, layer.clone())
+        expected, _ = block._step_modules(x, layer.clone())
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)

@@ -72,7 +72,7 @@ class Block(nn.Module):
 
     def step(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
         if self._fused_step_applies(x, state):
-            return self._step_fused(x, state.mixer), state
+            return self._step_fused(x, state), state
         return self._step_modules(x, state)
 
     def _step_modules(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
@@ -80,11 +80,13 @@ class Block(nn.Module):
         return self._rest(x + self._drop(y), state.cross), BlockState(mixer_state, state.cross)
 
     def _fused_step_applies(self, x: Tensor, state: BlockState) -> bool:
-        """A Mamba-2 or SiMBA block (Mamba-2 mixer, RMSNorms, any MLP, no cross-attention) decoding
+        """A Mamba-2 or SiMBA block (Mamba-2 mixer, RMSNorms, any cross-attention and MLP) decoding
         fp32 rows on a CPU with the C++ kernels: its whole step is one `block_step` call."""
+        cross = state.cross
         return (
             isinstance(self.mixer, Mamba2)
-            and self.cross is None
+            and (self.cross is None) == (cross is None)
+            and (cross is None or (cross.k.dtype == cross.v.dtype == torch.float32 and cross.k.is_cpu))
             and all(isinstance(norm, nn.RMSNorm) and norm.weight is not None for norm in self._norms())
             and not self.training
             and not torch.is_grad_enabled()
@@ -96,9 +98,10 @@ class Block(nn.Module):
             and x.shape[0] <= cpu_kernels.linear_max_rows()
         )
 
-    def _step_fused(self, x: Tensor, state: Any) -> Tensor:
-        """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); `state` (Mamba2State) is updated in place."""
-        mixer, mlp = self.mixer, self.mlp
+    def _step_fused(self, x: Tensor, block_state: BlockState) -> Tensor:
+        """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); the mixer's state is updated in place."""
+        mixer, mlp, cross, state = self.mixer, self.mlp, self.cross, block_state.mixer
+        memory = block_state.cross
         assert isinstance(mixer, Mamba2)
         return cpu_kernels.extension().block_step(
             x.contiguous(),
@@ -118,6 +121,13 @@ class Block(nn.Module):
             mixer.norm.eps,
             mixer.out_proj.weight,
             mixer.out_proj.bias,
+            None if cross is None else self.cross_norm.weight,
+            0.0 if cross is None else _eps(self.cross_norm),
+            None if cross is None else cross.q_proj.weight,
+            None if memory is None else memory.k,
+            None if memory is None else memory.v,
+            None if memory is None else memory.mask,
+            None if cross is None else cross.out_proj.weight,
             None if mlp is None else self.mlp_norm.weight,
             0.0 if mlp is None else _eps(self.mlp_norm),
             None if mlp is None else mlp.fc1.weight,
@@ -127,12 +137,14 @@ class Block(nn.Module):
         )
 
     def _norms(self) -> list[nn.Module]:
-        return [self.mixer_norm] if self.mlp_norm is None else [self.mixer_norm, self.mlp_norm]
+        return [norm for norm in (self.mixer_norm, self.cross_norm, self.mlp_norm) if norm is not None]
 
     def _linears(self) -> list[nn.Linear]:
-        mixer, mlp = self.mixer, self.mlp
+        mixer, mlp, cross = self.mixer, self.mlp, self.cross
         assert isinstance(mixer, Mamba2)
-        return [mixer.in_proj, mixer.out_proj] + ([] if mlp is None else [mlp.fc1, mlp.fc2])
+        linears = [mixer.in_proj, mixer.out_proj]
+        linears += [] if cross is None else [cross.q_proj, cross.out_proj]
+        return linears + ([] if mlp is None else [mlp.fc1, mlp.fc2])
 
     def _rest(self, x: Tensor, cross: CrossState | None) -> Tensor:
         """Cross-attention and MLP: per position, the same in every path."""

@@ -11,13 +11,14 @@
 // oneDNN stream weights no faster than this loop, and on some CPUs several times slower
 // (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
 //
-// block_step: a whole Mamba-2 or SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual,
-// and SiMBA's RMSNorm, MLP, residual) in one call, so that no small op runs between the weight
-// reads. Twin: Block._step_modules.
+// block_step: a whole Mamba-2 or SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual;
+// then any cross-attention to the text and any MLP, each after an RMSNorm, each with its residual)
+// in one call, so that no small op runs between the weight reads. Twin: Block._step_modules.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -329,8 +330,8 @@ torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<t
 }
 
 
-// block_step: one Mamba-2 or SiMBA block's decoding step, x + mixer(norm(x)), then for SiMBA
-// + mlp(norm(x)). Around its
+// block_step: one Mamba-2 or SiMBA block's decoding step, x + mixer(norm(x)), then any
+// + cross(norm(x)) and any + mlp(norm(x)). Around its
 // five weight reads and the state update, eager PyTorch runs about fifteen small ops a block, and
 // after megabytes of weights have streamed through the caches each of them starts cold: 30-80 us
 // for ops on (2, 1024) on the 2-core Xeon VM, some 10 ms of a 55 ms simba-300m step at batch 2.
@@ -348,11 +349,54 @@ static void rms_norm_into(const float* x, const float* w, float* y, int64_t rows
 
 static inline float gelu(float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f)); }
 
+// out (rows, H * hd) = softmax(q k^T / sqrt(hd)) v per row and head, over the text keys that `mask`
+// (rows, L) keeps; k and v (rows, H, L, hd) in any strides (CrossState keeps them transposed). A row
+// with no key left gets zeros, as scaled_dot_product_attention gives.
+static void cross_attend(const float* q, const torch::Tensor& k, const torch::Tensor& v,
+                         const c10::optional<torch::Tensor>& mask, float* out, int64_t rows) {
+  const int64_t heads = k.size(1), keys = k.size(2), hd = k.size(3);
+  const float *K = k.data_ptr<float>(), *V = v.data_ptr<float>();
+  const bool* M = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> p(keys);
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = q + b * heads * hd + h * hd;
+      float* oh = out + b * heads * hd + h * hd;
+      float top = -INFINITY;
+      for (int64_t l = 0; l < keys; ++l) {
+        if (M && !M[b * mask->stride(0) + l * mask->stride(1)]) {
+          p[l] = -INFINITY;
+          continue;
+        }
+        const float* kl = K + b * k.stride(0) + h * k.stride(1) + l * k.stride(2);
+        float dot = 0.f;
+        for (int64_t j = 0; j < hd; ++j) dot += qh[j] * kl[j * k.stride(3)];
+        p[l] = dot * scale;
+        top = std::max(top, p[l]);
+      }
+      for (int64_t j = 0; j < hd; ++j) oh[j] = 0.f;
+      if (top == -INFINITY) continue;  // every key masked
+      float total = 0.f;
+      for (int64_t l = 0; l < keys; ++l) total += (p[l] = p[l] == -INFINITY ? 0.f : std::exp(p[l] - top));
+      for (int64_t l = 0; l < keys; ++l) {
+        if (p[l] == 0.f) continue;
+        const float w = p[l] / total;
+        const float* vl = V + b * v.stride(0) + h * v.stride(1) + l * v.stride(2);
+        for (int64_t j = 0; j < hd; ++j) oh[j] += w * vl[j * v.stride(3)];
+      }
+    }
+  }
+}
+
 torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer_eps, torch::Tensor in_proj,
                          c10::optional<torch::Tensor> in_bias, torch::Tensor conv_state, torch::Tensor conv_weight,
                          torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
                          torch::Tensor gate_norm, torch::Tensor ssm_state, int64_t ngroups, double gate_eps,
                          torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias,
+                         c10::optional<torch::Tensor> cross_norm, double cross_eps, c10::optional<torch::Tensor> q_proj,
+                         c10::optional<torch::Tensor> keys, c10::optional<torch::Tensor> values,
+                         c10::optional<torch::Tensor> key_mask, c10::optional<torch::Tensor> cross_out,
                          c10::optional<torch::Tensor> mlp_norm, double mlp_eps, c10::optional<torch::Tensor> fc1,
                          c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
                          c10::optional<torch::Tensor> fc2_bias) {
@@ -367,6 +411,26 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer
   check_weight(in_proj, d, "block_step in_proj");
   check_weight(out_proj, d_inner, "block_step out_proj");
   TORCH_CHECK(out_proj.size(0) == d, "block_step: out_proj gives ", out_proj.size(0), " outputs, not ", d);
+  const bool cross = cross_norm.has_value();  // cross-attention to the text, between mixer and MLP
+  TORCH_CHECK(cross == q_proj.has_value() && cross == keys.has_value() && cross == values.has_value() &&
+                  cross == cross_out.has_value(),
+              "block_step: cross-attention needs its norm, q_proj, keys, values and out_proj");
+  if (cross) {
+    check_weight(*q_proj, d, "block_step q_proj");
+    check_weight(*cross_out, d, "block_step cross out_proj");
+    TORCH_CHECK(cross_norm->scalar_type() == torch::kFloat32 && cross_norm->is_contiguous() && cross_norm->numel() == d,
+                "block_step: a contiguous fp32 cross-attention norm weight of width ", d);
+    for (const auto& t : {*keys, *values}) {
+      TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && t.dim() == 4 && t.size(0) == rows &&
+                      t.size(1) * t.size(3) == d && t.sizes() == keys->sizes(),
+                  "block_step: fp32 CPU keys and values (rows, heads, text, head_dim)");
+    }
+    TORCH_CHECK(q_proj->size(0) == d && cross_out->size(0) == d, "block_step: cross-attention projections");
+    TORCH_CHECK(!key_mask.has_value() || (key_mask->scalar_type() == torch::kBool && key_mask->device().is_cpu() &&
+                                          key_mask->dim() == 2 &&
+                                          key_mask->size(0) == rows && key_mask->size(1) == keys->size(2)),
+                "block_step: a bool key mask (rows, text)");
+  }
   const int64_t hidden = mlp ? fc1->size(0) : 0;
   if (mlp) {
     check_weight(*fc1, d, "block_step fc1");
@@ -388,6 +452,14 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer
   add_bias(out_bias, back.data(), rows, d);
   for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
 
+  if (cross) {
+    std::vector<float> q(rows * d), attended(rows * d);
+    rms_norm_into(res, cross_norm->data_ptr<float>(), normed.data(), rows, d, cross_eps);
+    linear_into(*q_proj, normed.data(), q.data(), rows, d);
+    cross_attend(q.data(), *keys, *values, key_mask, attended.data(), rows);
+    linear_into(*cross_out, attended.data(), back.data(), rows, d);
+    for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+  }
   if (!mlp) return out;
 
   rms_norm_into(res, mlp_norm->data_ptr<float>(), normed.data(), rows, d, mlp_eps);
