@@ -86,7 +86,7 @@ class Block(nn.Module):
         return (
             isinstance(self.mixer, Mamba2)
             and (self.cross is None) == (cross is None)
-            and (cross is None or (cross.k.dtype == cross.v.dtype == torch.float32 and cross.k.is_cpu))
+            and (cross is None or _kernel_reads_memory(cross))
             and all(isinstance(norm, nn.RMSNorm) and norm.weight is not None for norm in self._norms())
             and not self.training
             and not torch.is_grad_enabled()
@@ -159,6 +159,12 @@ class Block(nn.Module):
 
 
 _KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)
+
+
+def _kernel_reads_memory(memory: CrossState) -> bool:
+    """Text keys and values in fp32 on the CPU (any strides), and a bool mask or none."""
+    mask_ok = memory.mask is None or (memory.mask.dtype == torch.bool and memory.mask.dim() == 2)
+    return memory.k.dtype == memory.v.dtype == torch.float32 and memory.k.is_cpu and mask_ok
 
 
 def _eps(norm: nn.RMSNorm) -> float:
