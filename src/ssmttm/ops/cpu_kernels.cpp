@@ -334,8 +334,9 @@ torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<t
 // + cross(norm(x)) and any + mlp(norm(x)). Around its
 // five weight reads and the state update, eager PyTorch runs about fifteen small ops a block, and
 // after megabytes of weights have streamed through the caches each of them starts cold: 30-80 us
-// for ops on (2, 1024) on the 2-core Xeon VM, some 10 ms of a 55 ms simba-300m step at batch 2.
-// Here they are loops over a few thousand floats. Twin: Block._step_modules.
+// for ops on (2, 1024) on the 2-core Xeon VM, 6-10 ms of a 47-66 ms simba-300m step at batch 2
+// (benchmarks/decode_speed.py). Here they are loops over a few thousand floats. The cross-attention
+// projections are bias-free, as CrossAttention's are. Twin: Block._step_modules.
 static void rms_norm_into(const float* x, const float* w, float* y, int64_t rows, int64_t d, double eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * d;
@@ -477,6 +478,6 @@ int64_t linear_max_rows() { return MAX_ROWS; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
   m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights");
-  m.def("block_step", &block_step, "one Mamba-2 or SiMBA block's decoding step: the mixer and any MLP, each after an RMSNorm");
+  m.def("block_step", &block_step, "one Mamba-2 or SiMBA block's decoding step: the mixer, any cross-attention and any MLP, each after an RMSNorm");
   m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }
