@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,69 +83,71 @@ class Block(nn.Module):
     def _fused_step_applies(self, x: Tensor, state: BlockState) -> bool:
         """A Mamba-2 or SiMBA block (Mamba-2 mixer, RMSNorms, any cross-attention and MLP) decoding
         fp32 rows on a CPU with the C++ kernels: its whole step is one `block_step` call."""
-        cross = state.cross
+        kernel = self._block_kernel
         return (
-            isinstance(self.mixer, Mamba2)
-            and (self.cross is None) == (cross is None)
-            and (cross is None or _kernel_reads_memory(cross))
-            and all(isinstance(norm, nn.RMSNorm) and norm.weight is not None for norm in self._norms())
+            kernel is not None
+            and kernel.cross == (state.cross is not None)
+            and (state.cross is None or _kernel_reads_memory(state.cross))
             and not self.training
             and not torch.is_grad_enabled()
             and x.dim() == 2
-            and x.dtype == state.mixer.conv.dtype == self.mixer_norm.weight.dtype == torch.float32
+            and x.dtype == state.mixer.conv.dtype == torch.float32
             and x.is_cpu
-            and all(layer.weight.dtype in _KERNEL_WEIGHTS for layer in self._linears())
+            and all(w.dtype in _KERNEL_WEIGHTS for w in kernel.linear_weights)
+            and all(w.dtype == torch.float32 for w in kernel.norm_weights)
             and cpu_kernels.available()
             and x.shape[0] <= cpu_kernels.linear_max_rows()
         )
 
     def _step_fused(self, x: Tensor, block_state: BlockState) -> Tensor:
         """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); the mixer's state is updated in place."""
-        mixer, mlp, cross, state = self.mixer, self.mlp, self.cross, block_state.mixer
-        memory = block_state.cross
-        assert isinstance(mixer, Mamba2)
-        return cpu_kernels.extension().block_step(
-            x.contiguous(),
+        kernel, state, memory = self._block_kernel, block_state.mixer, block_state.cross
+        assert kernel is not None
+        text = (None, None, None) if memory is None else (memory.k, memory.v, memory.mask)
+        return cpu_kernels.extension().block_step(x.contiguous(), state.conv, state.ssm, *text, *kernel.weights)
+
+    @cached_property
+    def _block_kernel(self) -> _BlockKernel | None:
+        """What `block_step` reads of this block, or None if its layout is not one the kernel takes
+        (a Mamba-2 mixer and RMSNorms with weights). Cached: the step is the decoding loop, and each
+        nn.Module attribute lookup costs about a microsecond (looked up at every step, they came to
+        more than the rest of the check). It holds the Parameters themselves, so a later cast of their data
+        (`.to`, `cast_linear_weights`) is seen; replacing a submodule afterwards is not."""
+        mixer, cross, mlp = self.mixer, self.cross, self.mlp
+        norms = [norm for norm in (self.mixer_norm, self.cross_norm, self.mlp_norm) if norm is not None]
+        if not isinstance(mixer, Mamba2) or not all(isinstance(n, nn.RMSNorm) and n.weight is not None for n in norms):
+            return None
+        linears = [mixer.in_proj, mixer.out_proj]
+        cross_weights: tuple = (None, 0.0, None, None)
+        if cross is not None:
+            cross_weights = (self.cross_norm.weight, _eps(self.cross_norm), cross.q_proj.weight, cross.out_proj.weight)
+            linears += [cross.q_proj, cross.out_proj]
+        mlp_weights: tuple = (None, 0.0, None, None, None, None)
+        if mlp is not None:
+            norm = self.mlp_norm
+            mlp_weights = (norm.weight, _eps(norm), mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+            linears += [mlp.fc1, mlp.fc2]
+        weights = (
             self.mixer_norm.weight,
             _eps(self.mixer_norm),
             mixer.in_proj.weight,
             mixer.in_proj.bias,
-            state.conv,
             mixer.conv1d.weight,
             mixer.conv1d.bias,
             mixer.dt_bias,
             mixer.A_log,
             mixer.D,
             mixer.norm.weight,
-            state.ssm,
             mixer.cfg.ngroups,
             mixer.norm.eps,
             mixer.out_proj.weight,
             mixer.out_proj.bias,
-            None if cross is None else self.cross_norm.weight,
-            0.0 if cross is None else _eps(self.cross_norm),
-            None if cross is None else cross.q_proj.weight,
-            None if memory is None else memory.k,
-            None if memory is None else memory.v,
-            None if memory is None else memory.mask,
-            None if cross is None else cross.out_proj.weight,
-            None if mlp is None else self.mlp_norm.weight,
-            0.0 if mlp is None else _eps(self.mlp_norm),
-            None if mlp is None else mlp.fc1.weight,
-            None if mlp is None else mlp.fc1.bias,
-            None if mlp is None else mlp.fc2.weight,
-            None if mlp is None else mlp.fc2.bias,
+            *cross_weights,
+            *mlp_weights,
         )
-
-    def _norms(self) -> list[nn.Module]:
-        return [norm for norm in (self.mixer_norm, self.cross_norm, self.mlp_norm) if norm is not None]
-
-    def _linears(self) -> list[nn.Linear]:
-        mixer, mlp, cross = self.mixer, self.mlp, self.cross
-        assert isinstance(mixer, Mamba2)
-        linears = [mixer.in_proj, mixer.out_proj]
-        linears += [] if cross is None else [cross.q_proj, cross.out_proj]
-        return linears + ([] if mlp is None else [mlp.fc1, mlp.fc2])
+        return _BlockKernel(
+            cross is not None, tuple(layer.weight for layer in linears), tuple(n.weight for n in norms), weights
+        )
 
     def _rest(self, x: Tensor, cross: CrossState | None) -> Tensor:
         """Cross-attention and MLP: per position, the same in every path."""
@@ -159,6 +162,13 @@ class Block(nn.Module):
 
 
 _KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)
+
+
+class _BlockKernel(NamedTuple):
+    cross: bool  # whether the block attends to the text
+    linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
+    norm_weights: tuple[Tensor, ...]  # each must be fp32
+    weights: tuple  # block_step's arguments after the state's
 
 
 def _kernel_reads_memory(memory: CrossState) -> bool:

@@ -333,8 +333,8 @@ torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<t
 // block_step: one Mamba-2 or SiMBA block's decoding step, x + mixer(norm(x)), then any
 // + cross(norm(x)) and any + mlp(norm(x)). Around its
 // five weight reads and the state update, eager PyTorch runs about fifteen small ops a block, and
-// after megabytes of weights have streamed through the caches each of them starts cold: 30-80 us
-// for ops on (2, 1024) on the 2-core Xeon VM, 6-10 ms of a 47-66 ms simba-300m step at batch 2
+// after megabytes of weights have streamed through the caches each of them starts cold: tens of
+// microseconds for ops on (2, 1024) on the 2-core Xeon VM, 6-10 ms of a 47-66 ms simba-300m step at batch 2
 // (benchmarks/decode_speed.py). Here they are loops over a few thousand floats. The cross-attention
 // projections are bias-free, as CrossAttention's are. Twin: Block._step_modules.
 static void rms_norm_into(const float* x, const float* w, float* y, int64_t rows, int64_t d, double eps) {
@@ -390,14 +390,16 @@ static void cross_attend(const float* q, const torch::Tensor& k, const torch::Te
   }
 }
 
-torch::Tensor block_step(torch::Tensor x, torch::Tensor mixer_norm, double mixer_eps, torch::Tensor in_proj,
-                         c10::optional<torch::Tensor> in_bias, torch::Tensor conv_state, torch::Tensor conv_weight,
-                         torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
-                         torch::Tensor gate_norm, torch::Tensor ssm_state, int64_t ngroups, double gate_eps,
-                         torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias,
-                         c10::optional<torch::Tensor> cross_norm, double cross_eps, c10::optional<torch::Tensor> q_proj,
+// The state comes first (conv_state, ssm_state, and for cross-attention the text keys, values and
+// mask), then the block's weights in the order Block._block_kernel caches them.
+torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tensor ssm_state,
                          c10::optional<torch::Tensor> keys, c10::optional<torch::Tensor> values,
-                         c10::optional<torch::Tensor> key_mask, c10::optional<torch::Tensor> cross_out,
+                         c10::optional<torch::Tensor> key_mask, torch::Tensor mixer_norm, double mixer_eps,
+                         torch::Tensor in_proj, c10::optional<torch::Tensor> in_bias, torch::Tensor conv_weight,
+                         torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
+                         torch::Tensor gate_norm, int64_t ngroups, double gate_eps, torch::Tensor out_proj,
+                         c10::optional<torch::Tensor> out_bias, c10::optional<torch::Tensor> cross_norm,
+                         double cross_eps, c10::optional<torch::Tensor> q_proj, c10::optional<torch::Tensor> cross_out,
                          c10::optional<torch::Tensor> mlp_norm, double mlp_eps, c10::optional<torch::Tensor> fc1,
                          c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
                          c10::optional<torch::Tensor> fc2_bias) {
