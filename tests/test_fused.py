@@ -79,14 +79,15 @@ def test_a_bf16_state_step_is_the_fp32_step_rounded_once():
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype):
+@pytest.mark.parametrize("width", [100, 120])
+def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype, width):
     if rows > cpu_kernels.linear_max_rows():
         pytest.skip("this CPU's kernel takes at most 4 rows (no AVX-512)")
-    # 100 inputs: a width with a remainder after 16-wide vectors; 43 outputs: a multiple of neither 4
-    # nor 2, the weight rows the loop takes at a time (2 when it pads x to 8 rows), so the
-    # single-row tail runs too.
-    layer = torch.nn.Linear(100, 43, bias=with_bias).to(dtype)
-    x = torch.randn(rows, 100)
+    # Widths with a remainder after 16-wide vectors and after the bf16 loop's 32-wide chunks (4, and
+    # 24: one whole and one masked 16-wide vector); 43 outputs: a multiple of none of 8, 4 and 2, the
+    # weight rows the loops take at a time, so the single-row tail runs too.
+    layer = torch.nn.Linear(width, 43, bias=with_bias).to(dtype)
+    x = torch.randn(rows, width)
     with torch.no_grad():
         assert _kernel_applies(x, layer.weight)
         y = linear(x, layer)

@@ -59,26 +59,68 @@ static inline float update_row(T* s, const float* Bv, const float* Cv, float dec
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
-// The bf16 row in AVX-512, where the compiler leaves the loop above scalar: the same rounding (to
-// nearest even, NaN kept) 16 entries at a time. Without the prefetch 2 KB ahead, it streamed
-// the state no faster than the fp32 loop does twice the bytes (simba-300m at batch 16 on the
-// 2-core Xeon VM: 3.7 ms a layer against 2.1 with it; fp32 gains nothing from one).
+// The rows in AVX-512. Each prefetches the state STATE_AHEAD entries ahead (8 rows of simba-300m's
+// 512): the rows of a thread's heads are contiguous, so that is where it reads next. On the 2-core
+// Xeon VM that took simba-300m's state update at batch 2 from 27 to 34 GB/s (reads and writes) in
+// fp32; the bf16 row, after the rounding below, from 41 to 46 GB/s against 2 KB ahead (which had
+// taken it from 3.7 to 2.1 ms a layer at batch 16).
+#define STATE_AHEAD 4096
 template <>
-inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
+inline float update_row(float* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
   const __m512 d = _mm512_set1_ps(decay), in = _mm512_set1_ps(input);
-  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
   __m512 acc = _mm512_setzero_ps();
   for (int64_t n = 0; n < nstate; n += 16) {
     const __mmask16 m = nstate - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nstate - n)) - 1);
-    _mm_prefetch(reinterpret_cast<const char*>(s + n) + 2048, _MM_HINT_T0);
-    const __m512i old = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + n)), 16);
-    const __m512 v = _mm512_fmadd_ps(_mm512_castsi512_ps(old), d, _mm512_mul_ps(in, _mm512_maskz_loadu_ps(m, Bv + n)));
+    _mm_prefetch(reinterpret_cast<const char*>(s + n + STATE_AHEAD), _MM_HINT_T0);
+    const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s + n), d, _mm512_mul_ps(in, _mm512_maskz_loadu_ps(m, Bv + n)));
+    _mm512_mask_storeu_ps(s + n, m, v);
     acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, Cv + n), acc);
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
-    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
-    rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
-    _mm256_mask_storeu_epi16(s + n, m, _mm512_cvtepi32_epi16(rounded));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// 16 entries of a bf16 row at n (m: which of them): updated, rounded and stored; returns v * C.
+static inline __m512 update_16(uint16_t* s, const float* Bv, const float* Cv, __m512 d, __m512 in, int64_t n,
+                               __mmask16 m) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
+  const __m512i old = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + n)), 16);
+  const __m512 v = _mm512_fmadd_ps(_mm512_castsi512_ps(old), d, _mm512_mul_ps(in, _mm512_maskz_loadu_ps(m, Bv + n)));
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
+  _mm256_mask_storeu_epi16(s + n, m, _mm512_cvtepi32_epi16(rounded));
+  return _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, Cv + n));
+}
+
+template <>
+inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
+  const __m512 d = _mm512_set1_ps(decay), in = _mm512_set1_ps(input);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t n = 0;
+#ifdef __AVX512BF16__
+  // 32 entries a step, rounded by one instruction (VCVTNE2PS2BF16: to nearest even, as update_16
+  // does, but a denormal becomes a zero of its sign and a NaN keeps its payload). update_16's
+  // bit-by-bit rounding left the loop bound by its arithmetic, not by memory: 30 GB/s (reads and
+  // writes) with the state in L2 on the 2-core Xeon VM, no faster than from memory; 45 GB/s this way.
+  __m512 acc_odd = _mm512_setzero_ps();
+  for (; n + 32 <= nstate; n += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(s + n + STATE_AHEAD), _MM_HINT_T0);
+    const __m512i line = _mm512_loadu_si512(s + n);
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(line)), 16));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(line, 1)), 16));
+    const __m512 v_lo = _mm512_fmadd_ps(lo, d, _mm512_mul_ps(in, _mm512_loadu_ps(Bv + n)));
+    const __m512 v_hi = _mm512_fmadd_ps(hi, d, _mm512_mul_ps(in, _mm512_loadu_ps(Bv + n + 16)));
+    acc = _mm512_fmadd_ps(v_lo, _mm512_loadu_ps(Cv + n), acc);
+    acc_odd = _mm512_fmadd_ps(v_hi, _mm512_loadu_ps(Cv + n + 16), acc_odd);
+    _mm512_storeu_si512(s + n, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v_hi, v_lo)));
+  }
+  acc = _mm512_add_ps(acc, acc_odd);
+#endif
+  for (; n < nstate; n += 16) {
+    const __mmask16 m = nstate - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nstate - n)) - 1);
+    _mm_prefetch(reinterpret_cast<const char*>(s + n + STATE_AHEAD), _MM_HINT_T0);
+    acc = _mm512_add_ps(acc, update_16(s, Bv, Cv, d, in, n, m));
   }
   return _mm512_reduce_add_ps(acc);
 }
@@ -226,14 +268,83 @@ static void dot_rows_avx512(const T* W, const float* X, float* Y, int64_t out, i
   for (int64_t o = blocks * R; o < out; ++o) dot_block<T, NB, 1>(W, X, Y, out, in, o);
 }
 
-template <typename T>
-static void dot_all(const T* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
+static void dot_all(const float* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
   switch (rows) {
-    case 1: dot_rows_avx512<T, 1>(W, X, Y, out, in); break;
-    case 2: dot_rows_avx512<T, 2>(W, X, Y, out, in); break;
-    case 3: dot_rows_avx512<T, 3>(W, X, Y, out, in); break;
-    case 4: dot_rows_avx512<T, 4>(W, X, Y, out, in); break;
-    default: dot_rows_avx512<T, 8, 2>(W, X, Y, out, in); break;  // 16 accumulators + 8 x vectors in registers
+    case 1: dot_rows_avx512<float, 1, 8>(W, X, Y, out, in); break;
+    case 2: dot_rows_avx512<float, 2, 8>(W, X, Y, out, in); break;
+    case 3: dot_rows_avx512<float, 3>(W, X, Y, out, in); break;
+    case 4: dot_rows_avx512<float, 4>(W, X, Y, out, in); break;
+    default: dot_rows_avx512<float, 8, 2>(W, X, Y, out, in); break;  // 16 accumulators + 8 x vectors in registers
+  }
+}
+
+// bf16 weights go 32 columns at a time: one 512-bit load is a whole 64-byte line of a weight row,
+// a 16-bit shift widens its even columns and a mask its odd ones, so x is split once per call into
+// its even and odd columns (Xs, 32 floats a chunk: 16 even, then 16 odd). Against 16 columns a
+// step (a 256-bit load widened on the shuffle port), with eight weight rows at a time, it streamed
+// simba-300m's bf16 weights about a fifth faster on the 2-core Xeon VM (benchmarks/README.md).
+// The columns past the last whole chunk take the 16-wide masked loop on the unsplit x.
+#define PREFETCH_BYTES_BF16 512
+template <int NB, int R>
+static void dot_block_bf16(const uint16_t* W, const float* X, const float* Xs, float* Y, int64_t out, int64_t in,
+                           int64_t o) {
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+  const int64_t body = in - in % 32;
+  const __m512i odd = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t i = 0; i < body; i += 32) {
+    __m512 even_x[NB], odd_x[NB];
+    for (int b = 0; b < NB; ++b) {
+      even_x[b] = _mm512_loadu_ps(Xs + b * body + i);
+      odd_x[b] = _mm512_loadu_ps(Xs + b * body + i + 16);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* w = W + (o + r) * in + i;
+      _mm_prefetch(reinterpret_cast<const char*>(w) + PREFETCH_BYTES_BF16, _MM_HINT_T0);
+      const __m512i line = _mm512_loadu_si512(w);
+      const __m512 even_w = _mm512_castsi512_ps(_mm512_slli_epi32(line, 16));
+      const __m512 odd_w = _mm512_castsi512_ps(_mm512_and_si512(line, odd));
+      for (int b = 0; b < NB; ++b) {
+        acc[r][b] = _mm512_fmadd_ps(even_w, even_x[b], acc[r][b]);
+        acc[r][b] = _mm512_fmadd_ps(odd_w, odd_x[b], acc[r][b]);
+      }
+    }
+  }
+  for (int64_t i = body; i < in; i += 16) {
+    const int64_t left = in - i;
+    fma_columns<uint16_t, NB, R>(W, X, acc, in, o, i, static_cast<__mmask16>(left >= 16 ? 0xFFFF : (1u << left) - 1));
+  }
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) Y[b * out + o + r] = _mm512_reduce_add_ps(acc[r][b]);
+}
+
+template <int NB, int R>
+static void dot_rows_bf16(const uint16_t* W, const float* X, float* Y, int64_t out, int64_t in) {
+  const int64_t body = in - in % 32;
+  std::vector<float> split(NB * body);
+  for (int b = 0; b < NB; ++b)
+    for (int64_t i = 0; i < body; i += 32)
+      for (int j = 0; j < 16; ++j) {
+        split[b * body + i + j] = X[b * in + i + 2 * j];
+        split[b * body + i + 16 + j] = X[b * in + i + 2 * j + 1];
+      }
+  const float* Xs = split.data();
+  const int64_t blocks = out / R;
+  at::parallel_for(0, blocks, 16 / R, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) dot_block_bf16<NB, R>(W, X, Xs, Y, out, in, blk * R);
+  });
+  for (int64_t o = blocks * R; o < out; ++o) dot_block_bf16<NB, 1>(W, X, Xs, Y, out, in, o);
+}
+
+// Register budget (32 vectors): R x NB accumulators plus 2 x NB x vectors.
+static void dot_all(const uint16_t* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
+  switch (rows) {
+    case 1: dot_rows_bf16<1, 8>(W, X, Y, out, in); break;
+    case 2: dot_rows_bf16<2, 8>(W, X, Y, out, in); break;
+    case 3: dot_rows_bf16<3, 4>(W, X, Y, out, in); break;
+    case 4: dot_rows_bf16<4, 4>(W, X, Y, out, in); break;
+    default: dot_rows_bf16<8, 1>(W, X, Y, out, in); break;
   }
 }
 // Rows 5-8 run as 8, zero-padded: the extra FMAs are free, the weights are not. Past 8 rows the
