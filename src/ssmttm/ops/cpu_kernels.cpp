@@ -421,9 +421,18 @@ static void check_weight(const torch::Tensor& weight, int64_t in, const char* wh
 }
 
 // Y (rows, out) += bias, the bias fp32 or bf16 (cast_linear_weights casts biases with the weights).
+// A bf16 bias is widened in the loop: converting it with `to` allocated a tensor and went through
+// ATen's dispatch, 40 us a call in a decoding step (about 2 ms of simba-300m's, fc1 and fc2 each block).
 static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t rows, int64_t out) {
   if (!bias.has_value()) return;
-  const auto b = bias->to(torch::kFloat32).contiguous();
+  TORCH_CHECK(bias->numel() == out && bias->device().is_cpu(), "a bias of ", out, " values on the CPU");
+  if (bias->scalar_type() == torch::kBFloat16 && bias->is_contiguous()) {
+    const uint16_t* bv = reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < out; ++o) Y[r * out + o] += widen_bf16(bv[o]);
+    return;
+  }
+  const auto b = bias->to(torch::kFloat32).contiguous();  // no copy when it is already fp32
   const float* bv = b.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t o = 0; o < out; ++o) Y[r * out + o] += bv[o];
