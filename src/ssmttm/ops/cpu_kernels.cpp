@@ -268,6 +268,8 @@ static void dot_rows_avx512(const T* W, const float* X, float* Y, int64_t out, i
   for (int64_t o = blocks * R; o < out; ++o) dot_block<T, NB, 1>(W, X, Y, out, in, o);
 }
 
+// fp32 weights: eight weight rows at a time for one or two rows of x (a few percent faster than
+// four on the 2-core Xeon VM, timed ad hoc), four for three or four.
 static void dot_all(const float* W, const float* X, float* Y, int64_t rows, int64_t out, int64_t in) {
   switch (rows) {
     case 1: dot_rows_avx512<float, 1, 8>(W, X, Y, out, in); break;
@@ -282,7 +284,9 @@ static void dot_all(const float* W, const float* X, float* Y, int64_t rows, int6
 // a 16-bit shift widens its even columns and a mask its odd ones, so x is split once per call into
 // its even and odd columns (Xs, 32 floats a chunk: 16 even, then 16 odd). Against 16 columns a
 // step (a 256-bit load widened on the shuffle port), with eight weight rows at a time, it streamed
-// simba-300m's bf16 weights about a fifth faster on the 2-core Xeon VM (benchmarks/README.md).
+// simba-300m's bf16 weights at 19-21 GB/s against 14-17 on the 2-core Xeon VM (1-4 rows of x, both
+// loops in one process, timed ad hoc); a plain read of the same bytes made 20-26. A tiled weight
+// layout gained nothing more, and AVX512-BF16 dot products (x split into bf16 parts) were slower.
 // The columns past the last whole chunk take the 16-wide masked loop on the unsplit x.
 #define PREFETCH_BYTES_BF16 512
 template <int NB, int R>
@@ -344,7 +348,7 @@ static void dot_all(const uint16_t* W, const float* X, float* Y, int64_t rows, i
     case 2: dot_rows_bf16<2, 8>(W, X, Y, out, in); break;
     case 3: dot_rows_bf16<3, 4>(W, X, Y, out, in); break;
     case 4: dot_rows_bf16<4, 4>(W, X, Y, out, in); break;
-    default: dot_rows_bf16<8, 1>(W, X, Y, out, in); break;
+    default: dot_rows_bf16<8, 1>(W, X, Y, out, in); break;  // 8 accumulators + 16 x vectors
   }
 }
 // Rows 5-8 run as 8, zero-padded: the extra FMAs are free, the weights are not. Past 8 rows the
@@ -422,7 +426,7 @@ static void check_weight(const torch::Tensor& weight, int64_t in, const char* wh
 
 // Y (rows, out) += bias, the bias fp32 or bf16 (cast_linear_weights casts biases with the weights).
 // A bf16 bias is widened in the loop: converting it with `to` allocated a tensor and went through
-// ATen's dispatch, 40 us a call in a decoding step (about 2 ms of simba-300m's, fc1 and fc2 each block).
+// ATen's dispatch, ~40 us a call in a decoding step (fc1's alone: 0.9 ms of a simba-300m step).
 static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t rows, int64_t out) {
   if (!bias.has_value()) return;
   TORCH_CHECK(bias->numel() == out && bias->device().is_cpu(), "a bias of ", out, " values on the CPU");
