@@ -72,6 +72,7 @@ from speed_common import (
     bytes_per_step,
     chosen_sections,
     cpu_has_bf16,
+    drift_warning,
     in_process,
     machine_line,
     peak_rss_since_reset_mib,
@@ -412,8 +413,12 @@ def section_ceiling(batches: list[int], variants: list[Variant]) -> dict[tuple[i
     print(
         f"ceiling: summing 1 GiB read {min(BANDWIDTHS):.1f} to {bandwidth:.1f} GB/s at {len(BANDWIDTHS)} points "
         f"of the run (before and after each batch's table); scaling 1 GiB in place moved {min(updates):.1f} to "
-        f"{update:.1f} GB/s (reads and writes); the ceilings take the highest\n"
+        f"{update:.1f} GB/s (reads and writes); the ceilings take the highest"
     )
+    for warning in (drift_warning(BANDWIDTHS, "the read bandwidth"), drift_warning(updates, "the update bandwidth")):
+        if warning:
+            print(warning)
+    print()
     print(
         "| model | batch | bytes a step reads | of which state, written back | steps/s reading at full bandwidth "
         "| steps/s with the write-back |"

@@ -91,6 +91,20 @@ def update_bandwidth_gbs(repeats: int = 5) -> float:
     return 2 * big.numel() * 4 / min(timed(lambda: big.mul_(1.0)) for _ in range(repeats)) / 1e9
 
 
+def drift_warning(samples: list[float], what: str, tolerance: float = 0.2) -> str | None:
+    """A warning when bandwidth samples taken through a run spread by more than `tolerance` of the
+    highest: something else was using the machine's memory, so decoders timed at different moments
+    of the run met different machines, and the ratios between them say little about the code."""
+    low, high = min(samples), max(samples)
+    if high <= 0 or (high - low) / high <= tolerance:
+        return None
+    return (
+        f"warning: {what} moved by {(high - low) / high:.0%} during the run ({low:.1f} to {high:.1f} GB/s): "
+        "other load shared the memory, and decoders timed at different moments met unlike conditions; "
+        "rerun on an idle machine"
+    )
+
+
 def bytes_per_step(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = None) -> int:
     """Bytes one step reads: every weight it multiplies by, plus the decoding state (its SSM
     state stored in `state_dtype`, fp32 by default).
