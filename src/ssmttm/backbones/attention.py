@@ -124,9 +124,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, memory: CrossState) -> Tensor:
         """x (B, T, D) or (B, D) for one step."""
         single = x.dim() == 2
-        # A step projects its rows as (B, D), the decoding kernels' shape (bf16 weights then meet fp32 rows).
-        q = (linear(x, self.q_proj)[:, None] if single else linear(x, self.q_proj)).unflatten(-1, (self.num_heads, -1))
-        q = q.transpose(1, 2)
+        q = linear(x, self.q_proj)  # a step's (B, D) rows: the decoding kernels' shape, where bf16 meets fp32
+        q = (q[:, None] if single else q).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         mask = None if memory.mask is None else memory.mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, memory.k, memory.v, attn_mask=mask).transpose(1, 2).flatten(-2)
         return linear(out[:, 0] if single else out, self.out_proj)

@@ -39,8 +39,8 @@ static inline uint16_t narrow_bf16(float f) {
   const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   return f != f ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
 }
-static inline float load_state(const float* s, int64_t n) { return s[n]; }
-static inline float load_state(const uint16_t* s, int64_t n) { return widen_bf16(s[n]); }
+static inline float load_fp32(const float* s, int64_t n) { return s[n]; }
+static inline float load_fp32(const uint16_t* s, int64_t n) { return widen_bf16(s[n]); }
 static inline void store_state(float* s, int64_t n, float v) { s[n] = v; }
 static inline void store_state(uint16_t* s, int64_t n, float v) { s[n] = narrow_bf16(v); }
 
@@ -50,7 +50,7 @@ static inline float update_row(T* s, const float* Bv, const float* Cv, float dec
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t n = 0; n < nstate; ++n) {
-    const float v = load_state(s, n) * decay + input * Bv[n];
+    const float v = load_fp32(s, n) * decay + input * Bv[n];
     store_state(s, n, v);
     acc += v * Cv[n];
   }
@@ -430,16 +430,16 @@ static void check_weight(const torch::Tensor& weight, int64_t in, const char* wh
 static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t rows, int64_t out) {
   if (!bias.has_value()) return;
   TORCH_CHECK(bias->numel() == out && bias->device().is_cpu(), "a bias of ", out, " values on the CPU");
-  if (bias->scalar_type() == torch::kBFloat16 && bias->is_contiguous()) {
-    const uint16_t* bv = reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>());
+  const auto add = [&](const auto* bv) {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t o = 0; o < out; ++o) Y[r * out + o] += widen_bf16(bv[o]);
+      for (int64_t o = 0; o < out; ++o) Y[r * out + o] += load_fp32(bv, o);  // bf16 widened
+  };
+  if (bias->scalar_type() == torch::kBFloat16 && bias->is_contiguous()) {
+    add(reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()));
     return;
   }
   const auto b = bias->to(torch::kFloat32).contiguous();  // no copy when it is already fp32
-  const float* bv = b.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t o = 0; o < out; ++o) Y[r * out + o] += bv[o];
+  add(b.data_ptr<float>());
 }
 
 torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
@@ -482,6 +482,10 @@ static void cross_attend(const float* q, const torch::Tensor& k, const torch::Te
   const int64_t heads = k.size(1), keys = k.size(2), hd = k.size(3);
   const float *K = k.data_ptr<float>(), *V = v.data_ptr<float>();
   const bool* M = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  // Strides read once: Tensor::stride is a call, and the loops below run per key and element.
+  const int64_t kb = k.stride(0), kh = k.stride(1), kl_ = k.stride(2), kj = k.stride(3);
+  const int64_t vb = v.stride(0), vh = v.stride(1), vl_ = v.stride(2), vj = v.stride(3);
+  const int64_t mb = M ? mask->stride(0) : 0, ml = M ? mask->stride(1) : 0;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   std::vector<float> p(keys);
   for (int64_t b = 0; b < rows; ++b) {
@@ -490,13 +494,13 @@ static void cross_attend(const float* q, const torch::Tensor& k, const torch::Te
       float* oh = out + b * heads * hd + h * hd;
       float top = -INFINITY;
       for (int64_t l = 0; l < keys; ++l) {
-        if (M && !M[b * mask->stride(0) + l * mask->stride(1)]) {
+        if (M && !M[b * mb + l * ml]) {
           p[l] = -INFINITY;
           continue;
         }
-        const float* kl = K + b * k.stride(0) + h * k.stride(1) + l * k.stride(2);
+        const float* kl = K + b * kb + h * kh + l * kl_;
         float dot = 0.f;
-        for (int64_t j = 0; j < hd; ++j) dot += qh[j] * kl[j * k.stride(3)];
+        for (int64_t j = 0; j < hd; ++j) dot += qh[j] * kl[j * kj];
         p[l] = dot * scale;
         top = std::max(top, p[l]);
       }
@@ -507,8 +511,8 @@ static void cross_attend(const float* q, const torch::Tensor& k, const torch::Te
       for (int64_t l = 0; l < keys; ++l) {
         if (p[l] == 0.f) continue;
         const float w = p[l] / total;
-        const float* vl = V + b * v.stride(0) + h * v.stride(1) + l * v.stride(2);
-        for (int64_t j = 0; j < hd; ++j) oh[j] += w * vl[j * v.stride(3)];
+        const float* vl = V + b * vb + h * vh + l * vl_;
+        for (int64_t j = 0; j < hd; ++j) oh[j] += w * vl[j * vj];
       }
     }
   }
