@@ -288,7 +288,14 @@ static void dot_all(const float* W, const float* X, float* Y, int64_t rows, int6
 // loops in one process, timed ad hoc); a plain read of the same bytes made 20-26. A tiled weight
 // layout gained nothing more, and AVX512-BF16 dot products (x split into bf16 parts) were slower.
 // The columns past the last whole chunk take the 16-wide masked loop on the unsplit x.
-#define PREFETCH_BYTES_BF16 512
+//
+// Prefetch: while a block of R rows streams, each load asks for one line of the next block into L2,
+// in address order, so the memory sees one sequential stream a thread instead of R short ones; the
+// loads then find their lines in L2. Against prefetching 512 bytes ahead within each row into L1,
+// a whole simba-300m step with bf16 weights and state went from 30.4 to 33.7 steps/s at batch 2
+// (30.9 to 33.2 in a second run), +12% at 1 row, +14% at 4 and +8% at 8; each pair timed
+// interleaved in one process, ad hoc, on the 2-core Xeon VM. A fixed distance of 16-64 KB, or two
+// blocks ahead, did no better. fp32 weights lost 5% this way and keep their in-row prefetch.
 template <int NB, int R>
 static void dot_block_bf16(const uint16_t* W, const float* X, const float* Xs, float* Y, int64_t out, int64_t in,
                            int64_t o) {
@@ -297,6 +304,11 @@ static void dot_block_bf16(const uint16_t* W, const float* X, const float* Xs, f
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
   const int64_t body = in - in % 32;
   const __m512i odd = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  // One line of the next block per load: R x body / 32 loads cover its R x body columns. Past the
+  // last block it points beyond the weights, which a prefetch may (it never faults); computed as an
+  // integer, since pointer arithmetic out of the array would be undefined.
+  const char* next_block =
+      reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(W) + sizeof(uint16_t) * (o + R) * in);
   for (int64_t i = 0; i < body; i += 32) {
     __m512 even_x[NB], odd_x[NB];
     for (int b = 0; b < NB; ++b) {
@@ -304,9 +316,8 @@ static void dot_block_bf16(const uint16_t* W, const float* X, const float* Xs, f
       odd_x[b] = _mm512_loadu_ps(Xs + b * body + i + 16);
     }
     for (int r = 0; r < R; ++r) {
-      const uint16_t* w = W + (o + r) * in + i;
-      _mm_prefetch(reinterpret_cast<const char*>(w) + PREFETCH_BYTES_BF16, _MM_HINT_T0);
-      const __m512i line = _mm512_loadu_si512(w);
+      _mm_prefetch(next_block + ((i / 32) * R + r) * 64, _MM_HINT_T1);
+      const __m512i line = _mm512_loadu_si512(W + (o + r) * in + i);
       const __m512 even_w = _mm512_castsi512_ps(_mm512_slli_epi32(line, 16));
       const __m512 odd_w = _mm512_castsi512_ps(_mm512_and_si512(line, odd));
       for (int b = 0; b < NB; ++b) {
