@@ -101,7 +101,7 @@ def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, d
 @pytest.mark.parametrize("name", ["silu", "gelu"])
 def test_kernel_activations_are_as_exact_as_torchs(name):
     # block_step's silu and gelu (vectorised exp and erf with AVX-512) against the float64 function,
-    # from far in the saturated tails through zero, with odd lengths for the masked tail. They may
+    # from far in the saturated tails through zero, 30003 values (a masked 3-wide tail). They may
     # be off by a few fp32 roundings, as torch's own are, and no more: a polynomial coefficient off
     # by 1e-4 fails here long before it moves a decoded logit.
     ref = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}[name]
