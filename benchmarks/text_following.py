@@ -23,7 +23,7 @@ with the true captions and with shuffled ones, and score what comes out.
    follow text it was trained on, whatever it makes of new combinations?
 `--sweep` instead chooses sampling settings: style and lead accuracy over a grid of guidance,
 temperature and top-k, on 32 captions of trained combinations (corpus seed 21, 2 seeds), never the
-held-out test. The demo model's defaults come from it (README, "The demo model").
+held-out test. The demo model's defaults come from it (docs/demo-model.md).
 `--state-dtype bf16` runs it all with the SSM state stored in bf16 between steps.
 Targets (issue 7): style or lead accuracy >= 0.7 with true captions and >= 0.4 above shuffled; tempo
 median absolute error <= 8 BPM and at most half of that with shuffled captions.

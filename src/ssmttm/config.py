@@ -85,7 +85,7 @@ class LMConfig:
     # "none": the recurrence carries order (SSM default). "sinusoidal": the release's absolute
     # embedding over [text; audio]. "rope": rotary, inside self-attention (transformer default).
     positions: Literal["none", "sinusoidal", "rope"] = "none"
-    # "apply": masked text positions are absent. "ignore": the release's behaviour (see README).
+    # "apply": masked text positions are absent. "ignore": the release's behaviour (docs/release.md).
     text_mask: Literal["apply", "ignore"] = "apply"
     label_smoothing: float = 0.1
     caption_dropout: float = 0.1  # classifier-free guidance: drop the whole caption
