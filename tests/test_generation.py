@@ -80,6 +80,20 @@ def test_temperature_sampling_follows_the_distribution():
     assert torch.equal(sample(logits[None], 0.0), torch.tensor([0]))
 
 
+def test_an_out_of_range_sampling_setting_is_named_alone():
+    for fields, message in [
+        ({"cfg_scale": -1.0}, "sampling cfg_scale -1 is out of range: must be >= 0 (1 = no guidance)"),
+        ({"temperature": -0.5, "top_k": 5}, "sampling temperature -0.5 is out of range: must be >= 0 (0 = greedy)"),
+        ({"top_k": -3}, "sampling top_k -3 is out of range: must be >= 0 (0 = off)"),
+        ({"top_p": 1.5}, "sampling top_p 1.5 is out of range: must be in [0, 1] (0 = off)"),
+        ({"top_p": float("nan")}, "sampling top_p nan is out of range: must be in [0, 1] (0 = off)"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            SamplingConfig(**fields)
+        assert str(err.value) == message
+    assert SamplingConfig(temperature=0, cfg_scale=0, top_k=0, top_p=1).top_p == 1  # the bounds are in range
+
+
 def test_bf16_weight_decoding_stays_close_to_fp32():
     lm = tiny_lm("simba")
     text = torch.randn(1, L, TEXT_DIM)

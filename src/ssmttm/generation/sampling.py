@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# What each setting accepts, as a user reads it; `range_problem` checks them one by one.
+RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
+    "cfg_scale": (">= 0 (1 = no guidance)", lambda v: v >= 0),
+    "top_k": (">= 0 (0 = off)", lambda v: v >= 0),
+    "top_p": ("in [0, 1] (0 = off)", lambda v: 0 <= v <= 1),
+}
+
+
+def range_problem(name: str, value: float) -> str | None:
+    """Why `value` is out of range for the setting `name` ("must be >= 0 ..."), else None; NaN is out."""
+    expected, ok = RANGES[name]
+    return None if ok(value) else f"must be {expected}"
 
 
 @dataclass
@@ -17,11 +31,11 @@ class SamplingConfig:
     top_p: float = 0.0  # keep the smallest set of tokens whose probability reaches p; 0 means off
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and self.cfg_scale >= 0 and self.top_k >= 0 and 0 <= self.top_p <= 1):
-            raise ValueError(
-                f"sampling out of range: temperature {self.temperature} and cfg_scale {self.cfg_scale} must be >= 0, "
-                f"top_k {self.top_k} >= 0, top_p {self.top_p} in [0, 1]"
-            )
+        for name in RANGES:
+            value = getattr(self, name)
+            problem = range_problem(name, value)
+            if problem:  # the one bad field, not every field: the others may be fine defaults
+                raise ValueError(f"sampling {name} {value:g} is out of range: {problem}")
 
 
 def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
