@@ -3,8 +3,10 @@ loading errors, and the caption-embedding cache."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 
 import pytest
 import torch
@@ -83,12 +85,19 @@ def test_empty_captions_have_no_positions(encoder):
     assert int(mask[1].sum()) == num_tokens(encoder, "jazz")  # special tokens count for real captions
 
 
-def test_long_caption_is_truncated_with_a_warning(encoder):
+def test_long_caption_is_truncated_with_a_one_line_log_warning(encoder, caplog):
     text = "a slow ambient drone with field recordings " * 80
     dropped = num_tokens(encoder, text) - encoder.max_length
     assert dropped > 0
-    with pytest.warns(UserWarning, match=rf"dropped {dropped} tokens"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Python warning prints two lines, one of them our source
         tokens = encoder.tokenize([text, "jazz"])
+    [record] = [r for r in caplog.records if r.name.startswith("ssmttm")]
+    assert record.levelno == logging.WARNING and "\n" not in record.getMessage()
+    assert record.getMessage() == (
+        f"text truncated to {encoder.max_length} tokens, the limit of {encoder.name}: "
+        f"dropped {dropped} tokens of {text[:60]!r}..."
+    )
     expected = encoder.tokenizer(text, truncation=True, max_length=encoder.max_length)["input_ids"]
     assert tokens.ids[0].tolist() == expected  # the head is kept, and the closing special token
     emb, mask = encoder.encode(tokens)

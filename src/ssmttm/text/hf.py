@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens
 
 # Tokenizers that declare no real limit (ByT5's is 1e30) fall back to this.
 DEFAULT_MAX_LENGTH = 512
+
+log = logging.getLogger(__name__)
 
 
 class TransformersEncoder(TextEncoder):
@@ -68,13 +70,16 @@ class TransformersEncoder(TextEncoder):
         return Tokens(ids, mask)
 
     def _warn_truncated(self, texts: list[str], content_lengths: list[int]) -> None:
+        # A log line rather than warnings.warn: that prints two lines, one of them our source code.
         for text, length in zip(texts, content_lengths, strict=True):
             dropped = length + self.num_special - self.max_length
             if dropped > 0:
-                warnings.warn(
-                    f"caption truncated to {self.max_length} tokens by {self.id}, dropped {dropped} tokens: "
-                    f"{text[:60]!r}...",
-                    stacklevel=3,
+                log.warning(
+                    "text truncated to %d tokens, the limit of %s: dropped %d tokens of %r...",
+                    self.max_length,
+                    self.name,
+                    dropped,
+                    text[:60],
                 )
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
