@@ -3,9 +3,11 @@ controls, streaming, continuation, long-form memory, and the CLI's outputs and o
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,80 @@ def test_continuation_starts_with_the_clip_and_depends_on_it(model):
     frames = given.shape[-1]
     assert torch.equal(a[..., :frames], given)
     assert not torch.equal(a[..., frames:], b[..., frames:])
+
+
+def test_a_clip_that_leaves_nothing_to_generate_is_refused_with_its_length_in_samples(model):
+    rate = model.sample_rate
+    hop = model.codec.hop_length
+    for samples, duration, what in [
+        (rate, 1.0, "1 s, as long as the duration of 1 s"),  # 1 s in frames: 44 x 512 samples, 1.02 s
+        (rate + hop, 1.0, f"{(rate + hop) / rate:g} s, longer than the duration of 1 s"),
+        (rate - 10, 1.0, f"{(rate - 10) / rate:g} s, within a frame of the duration of 1 s"),
+    ]:
+        clip = np.full((1, samples), 0.1, np.float32)
+        with pytest.raises(GenerationError) as err:
+            model.generate_codes("more", duration, seed=0, continuation=clip, continuation_rate=rate)
+        assert str(err.value) == f"the clip to continue is {what}, which counts the clip: ask for a longer duration"
+    shorter = np.full((1, rate - hop), 0.1, np.float32)  # one frame short of the duration: one frame to make
+    codes = model.generate_codes("more", 1.0, seed=0, continuation=shorter, continuation_rate=rate)
+    assert codes.shape[-1] == model.num_frames(1.0)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_a_streamed_file_grows_as_a_playable_wav_then_takes_its_name(model, tmp_path, monkeypatch, suffix):
+    out = tmp_path / f"out{suffix}"
+    partial = tmp_path / f"out{suffix}.partial"
+    real_stream, chunks, grown = model.stream, [], []
+
+    def watching(*args, **kwargs):
+        for chunk in real_stream(*args, **{**kwargs, "chunk_seconds": 0.5}):
+            chunks.append(chunk[0, 0].numpy())
+            yield chunk
+            # back here once the file has taken the chunk: the stdlib reader trusts the header alone
+            with wave.open(str(partial)) as wav:
+                grown.append((wav.getnframes(), partial.stat().st_size))
+
+    monkeypatch.setattr(model, "stream", watching)
+    assert model.generate_to_file("calm piano", out, duration=2.0, seed=0) == out
+    written = np.cumsum([len(c) for c in chunks])
+    assert len(grown) >= 3 and [frames for frames, _ in grown] == written[: len(grown)].tolist()
+    assert all(size == 44 + 2 * frames for frames, size in grown)  # header sizes match the data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial, no hidden file left
+    audio = np.concatenate(chunks)
+    expected = io.BytesIO()
+    sf.write(expected, audio, model.sample_rate, format=suffix[1:].upper())
+    if suffix == ".wav":  # the partial renamed: byte for byte what soundfile writes of the same audio
+        assert out.read_bytes() == expected.getvalue()
+    else:  # encoded alongside from the float audio, as it was before the partial existed
+        assert sf.info(str(out)).format == "FLAC"
+        assert np.array_equal(sf.read(out)[0], sf.read(io.BytesIO(expected.getvalue()))[0])
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".ogg"])
+def test_an_interrupted_stream_keeps_a_valid_partial_wav(model, tmp_path, monkeypatch, suffix):
+    real_stream, written = model.stream, []
+
+    def interrupted(*args, **kwargs):
+        for chunk in real_stream(*args, **{**kwargs, "chunk_seconds": 0.5}):
+            written.append(chunk.shape[-1])
+            yield chunk
+            if len(written) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "stream", interrupted)
+    out = tmp_path / f"out{suffix}"
+    with pytest.raises(KeyboardInterrupt):
+        model.generate_to_file("calm piano", out, duration=3.0, seed=0)
+    partial = tmp_path / f"out{suffix}.partial"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+    wav, rate = sf.read(partial)
+    assert sf.info(str(partial)).format == "WAV" and rate == model.sample_rate and len(wav) == sum(written)
+
+
+def test_a_request_that_cannot_be_generated_creates_no_file(model, tmp_path):
+    with pytest.raises(GenerationError, match="cfg_scale -1"):
+        model.generate_to_file("calm piano", tmp_path / "out.wav", duration=1.0, cfg_scale=-1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_requests_are_generation_errors(model):

@@ -31,6 +31,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def replace_durably(tmp: str | Path, path: str | Path) -> None:
+    """Rename a file written under another name over `path`, its bytes on disk first: the last step
+    of a file that could not go through `atomic_write`, such as one readable while it grows."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_text(path: str | Path, text: str) -> None:
     # surrogateescape: file names that are not valid UTF-8 round-trip through our JSON
     atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))

@@ -12,8 +12,9 @@ decoder, so nothing grows with the duration except the output file.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from torch import Tensor
 
 from ssmttm.beat_clock import tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
+from ssmttm.codecs.streaming import GrowingWav, partial_path
+from ssmttm.files import replace_durably
 from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
@@ -162,8 +165,11 @@ class TextToMusic:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return torch.tensor([tempo_clock(stated_bpm(p), self.frame_rate) for p in prompts], dtype=torch.float64)
 
-    def _continuation(self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, frames: int):
-        """Codes (B, K, P) of the clip to continue, the same clip for every prompt."""
+    def _continuation(
+        self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, duration: float, frames: int
+    ) -> Tensor | None:
+        """Codes (B, K, P) of the clip to continue, the same clip for every prompt; a GenerationError
+        when it leaves no frame of the `duration` (which counts the clip) to generate."""
         if audio is None:
             return None
         if rate is None:
@@ -172,8 +178,12 @@ class TextToMusic:
         wav = wav.reshape(1, -1, wav.shape[-1]) if wav.dim() <= 2 else wav  # (1, C, N)
         codes = self.codec.encode(wav.mean(dim=1, keepdim=True), rate)  # (1, K, P)
         if codes.shape[-1] >= frames:
+            # The length in samples: in codec frames it is rounded up to a whole frame.
+            seconds = wav.shape[-1] / rate
+            what = "longer than" if seconds > duration else "as long as" if seconds == duration else "within a frame of"
             raise GenerationError(
-                f"the clip to continue is {codes.shape[-1] / self.frame_rate:.2f} s; ask for a longer duration"
+                f"the clip to continue is {seconds:g} s, {what} the duration of {duration:g} s, which counts "
+                "the clip: ask for a longer duration"
             )
         return codes.expand(batch, -1, -1)
 
@@ -194,7 +204,7 @@ class TextToMusic:
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
         text, mask, uncond = self._text(prompts, sampling)
-        prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
+        prompt = self._continuation(continuation, continuation_rate, text.shape[0], duration, frames)
         clock = self._clock(prompts)
         return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt, uncond, clock)
 
@@ -223,7 +233,7 @@ class TextToMusic:
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
         text, mask, uncond = self._text(prompts, sampling)
-        prompt = self._continuation(continuation, continuation_rate, text.shape[0], frames)
+        prompt = self._continuation(continuation, continuation_rate, text.shape[0], duration, frames)
         chunk = max(1, round(chunk_seconds * self.frame_rate))
         revert = StreamingRevert(self.lm.pattern)
         decoder = self.codec.stream_decoder()
@@ -247,17 +257,54 @@ class TextToMusic:
 
     def generate_to_file(self, prompt: str, path: str | Path, duration: float = 10.0, **kwargs) -> Path:
         """Generate one prompt straight into an audio file (wav, flac, mp3 or ogg, by extension),
-        chunk by chunk; the file appears under its name only once complete."""
+        chunk by chunk, memory flat in the duration; keywords as `stream`.
+
+        The audio grows in `path`.partial, a WAV that players can open while it grows, renamed to
+        `path` once complete. A FLAC or Ogg file cannot be read before it is closed, and an MP3
+        encoder holds frames back, so those formats are encoded alongside, from the same float
+        audio, into a hidden temporary file that replaces `path` at the end; the partial WAV is then
+        removed. Interrupted (KeyboardInterrupt), the partial stays, a valid WAV of the audio so
+        far; other errors remove it, and a request that cannot be generated creates no file at all.
+        """
         from ssmttm.data.audio import audio_format  # the one place that maps extensions to formats
 
         path = Path(path)
         fmt = audio_format(path)
-        tmp = path.with_name(f".{path.name}.tmp")
+        partial = partial_path(path)
+        encoded = None if fmt == "WAV" else path.with_name(f".{path.name}.tmp")
+        chunks = self.stream(prompt, duration, **kwargs)
+        first = next(chunks, None)  # a bad request raises here, before any file exists
+        wav = GrowingWav(partial, self.sample_rate)
         try:
-            with sf.SoundFile(tmp, "w", samplerate=self.sample_rate, channels=1, format=fmt) as out:
-                for audio in self.stream(prompt, duration, **kwargs):
-                    out.write(audio[0, 0].numpy())
-            os.replace(tmp, path)
+            with wav, _encoder(encoded, fmt, self.sample_rate) as out:
+                for audio in itertools.chain([] if first is None else [first], chunks):
+                    samples = audio[0, 0].numpy()
+                    wav.write(samples)
+                    if out is not None:
+                        out.write(samples)
+            if encoded is None:
+                replace_durably(partial, path)
+            else:
+                replace_durably(encoded, path)
+                partial.unlink()
+        except KeyboardInterrupt:
+            if wav.frames == 0:
+                partial.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            if encoded is not None:
+                encoded.unlink(missing_ok=True)
         return path
+
+
+@contextlib.contextmanager
+def _encoder(path: Path | None, fmt: str, sample_rate: int) -> Iterator[sf.SoundFile | None]:
+    """A mono `fmt` file open for writing at `path`; None without a path."""
+    if path is None:
+        yield None
+        return
+    with sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=fmt) as out:
+        yield out
