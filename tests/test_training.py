@@ -312,3 +312,112 @@ def test_a_resumed_run_takes_the_optimizer_settings_of_its_overrides(collection,
     for step in (4, 5):
         assert logged[step] == pytest.approx(0.5 * lr_factor(step, sched.warmup_steps, 6, sched.final_lr_fraction))
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.25, 0.0]
+
+
+def test_a_run_shorter_than_its_warmup_and_checkpoint_interval_scales_them():
+    from ssmttm.config import PRESET_DIR
+    from ssmttm.training.config import fit_to_run, load_train_config
+
+    tiny = PRESET_DIR / "train" / "tiny-simba.yaml"  # warm-up 50, a checkpoint every 100 steps
+    fitted = fit_to_run(load_train_config(tiny, ["--schedule.max_steps=50"]))
+    assert (fitted.warmup_steps, fitted.checkpoint_every) == (5, 5)
+    assert fitted.note == (
+        "max_steps 50 < checkpoint_every 100: checkpointing every 5 steps; "
+        "warmup_steps 50 >= max_steps 50: warm-up 50 -> 5 steps"
+    )
+    assert fit_to_run(load_train_config(tiny, ["--schedule.max_steps=2000"])).note == ""  # the README's runs
+    as_written = fit_to_run(load_train_config(tiny, ["--schedule.max_steps=100"]))  # 100 is not > 100
+    assert (as_written.warmup_steps, as_written.checkpoint_every, as_written.note) == (50, 100, "")
+    tiniest = fit_to_run(load_train_config(tiny, ["--schedule.max_steps=5"]))
+    assert (tiniest.warmup_steps, tiniest.checkpoint_every) == (0, 1)  # no warm-up; every step
+
+
+def test_a_short_run_warms_up_and_checkpoints_within_it_and_says_so_once(collection, tmp_path, monkeypatch, caplog):
+    config = resolve(
+        train_config(collection, checkpoint_every=100, checkpoint_minutes=0),
+        ["schedule.max_steps=20", "schedule.warmup_steps=50"],
+    )
+    saved = []
+    real = Trainer._checkpoint
+    monkeypatch.setattr(Trainer, "_checkpoint", lambda self: (saved.append(self.counters.step), real(self)))
+    with caplog.at_level("INFO", logger="ssmttm.training.trainer"):
+        Trainer(config, tmp_path / "run").fit()
+    notes = [r.getMessage() for r in caplog.records if "max_steps 20" in r.getMessage()]
+    assert notes == [
+        "max_steps 20 < checkpoint_every 100: checkpointing every 2 steps; "
+        "warmup_steps 50 >= max_steps 20: warm-up 50 -> 2 steps"
+    ]
+    assert saved == list(range(2, 21, 2))
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        lr = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["kind"] == "train"}
+    final = config.schedule.final_lr_fraction
+    for step in (1, 2, 10):  # the rate for the step after it: the peak after 2 steps, then decaying
+        assert lr[step] == pytest.approx(config.optim.lr * lr_factor(step, 2, 20, final))
+    assert lr[2] > lr[10]
+    assert config.schedule.warmup_steps == 50  # the saved config keeps what was asked for
+
+
+def test_a_timed_checkpoint_is_written_and_resumed_from(collection, tmp_path, monkeypatch, caplog):
+    """Each step takes 40 s by the injected clock, so a 1-minute interval checkpoints every second
+    step; the step interval (8 of 8) only at the end. A kill in step 5 resumes from the timed one."""
+    config = resolve(train_config(collection, checkpoint_every=8, checkpoint_minutes=1.0), ["schedule.max_steps=8"])
+    whole = Trainer(config, tmp_path / "whole", clock=lambda: 0.0)  # never due: the end only
+    whole.fit()
+
+    killed = Trainer(config, tmp_path / "killed")
+    killed.clock = lambda: 40.0 * killed.counters.step
+    real, calls = MusicLM.compute_loss, []
+
+    def dies_in_step_5(self, *args, **kwargs):
+        if self.training:
+            calls.append(1)
+            if len(calls) == 9:  # two micro-batches a step: step 5's first
+                raise KeyboardInterrupt  # stands for kill -9: nothing after this point runs
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MusicLM, "compute_loss", dies_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert torch.load(last_checkpoint(tmp_path / "killed"), weights_only=True)["counters"]["step"] == 4
+    monkeypatch.setattr(MusicLM, "compute_loss", real)
+    with caplog.at_level("INFO", logger="ssmttm.training.trainer"):
+        assert Trainer(config, tmp_path / "killed").fit().step == 8
+    assert any("at step 4" in r.getMessage() for r in caplog.records)
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")  # steps 1-8 once, the same losses
+    expected, got = model_state(tmp_path / "whole"), model_state(tmp_path / "killed")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_a_start_without_prepared_data_says_what_to_run_and_leaves_no_run_folder(collection, tmp_path, capsys):
+    from ssmttm.cli import main
+
+    empty, run_dir = tmp_path / "data" / "synth-embedded", tmp_path / "runs" / "tiny"
+    data = train_config(empty)
+    config = write_config(tmp_path / "train.yaml", data)
+    assert main(["train", "--config", str(config), "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"no prepared data in {empty}: run `ssmttm data prepare --source AUDIO_DIR --out {empty}` first" in err
+    assert "`ssmttm data synth" in err and f"`ssmttm data merge --out {empty}` if it was prepared in shares" in err
+    assert not run_dir.exists() and not run_dir.parent.exists()
+
+    (empty / "plan.json").parent.mkdir(parents=True)
+    (empty / "plan.json").write_text("{}")  # prepare began here and did not finish
+    assert main(["train", "--config", str(config), "--out", str(run_dir)]) == 2
+    assert "is prepared only in part (no manifest.json)" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+    # the model is built before the folder too: an init_from that cannot be read leaves none either
+    config = write_config(tmp_path / "train.yaml", train_config(collection, init_from=str(tmp_path / "data")))
+    assert main(["train", "--config", str(config), "--out", str(run_dir)]) == 2
+    assert "run.init_from" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_checkpoint_minutes_must_be_a_number_of_minutes_or_0(collection):
+    from ssmttm.config import ConfigError
+
+    assert resolve(train_config(collection)).run.checkpoint_minutes == 10.0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match=r"run\.checkpoint_minutes must be 0"):
+            resolve(train_config(collection), [f"run.checkpoint_minutes={bad}"])

@@ -3,8 +3,9 @@
 A checkpoint holds the model and optimizer (through Fabric, which gathers sharded states), the
 scheduler, the data position, the counters and the RNG states of Python, NumPy and torch. Every
 value is a tensor, number, string or container of them, so `torch.load(weights_only=True)` reads
-it. It is written to a hidden temporary file and renamed over `last.ckpt`: a run killed mid-write
-still has its previous checkpoint.
+it. It is written to a hidden temporary file, flushed to disk and renamed over `last.ckpt`: a run
+killed mid-write still has its previous checkpoint, and the newest one is always `last.ckpt`,
+whichever trigger (steps, minutes, the end, a stop) wrote it.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def save_checkpoint(fabric, path: Path, state: dict[str, Any]) -> None:
     fabric.save(tmp, state)
     fabric.barrier()
     if fabric.global_rank == 0:
+        with open(tmp, "rb") as f:  # bytes on disk before the rename, so a power cut cannot leave it empty
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     fabric.barrier()
 

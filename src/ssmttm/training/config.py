@@ -7,6 +7,7 @@ so the resolved config saved with a run is complete and rebuilds it without the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +41,13 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak at `max_steps`."""
+    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak at `max_steps`.
+
+    A run no longer than its warm-up (`warmup_steps >= max_steps`: a 50-step try of a config made
+    for 1000) would spend every step warming up; it warms up over a tenth of `max_steps` instead,
+    and says so at the start (`fit_to_run`). The saved config keeps the value as written, so a run
+    resumed with more steps goes back to it.
+    """
 
     max_steps: int = 100_000
     warmup_steps: int = 500
@@ -60,7 +67,12 @@ class RunConfig:
     log_every: int = 10  # steps between train-loss rows
     val_every: int = 1000  # steps between validations (and at the end)
     val_batches: int = 0  # micro-batches per validation; 0 = the whole split
-    checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
+    # Steps between checkpoints (and one at the end). A run shorter than this checkpoints every
+    # tenth of max_steps instead (`fit_to_run`), so that a kill -9 leaves something to resume from.
+    checkpoint_every: int = 1000
+    # Also checkpoint once this much wall-clock time has passed since the last checkpoint (any
+    # trigger), for runs whose steps are slow: a kill -9 cannot be caught. 0 = off.
+    checkpoint_minutes: float = 10.0
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     # Fine-tuning: start from the LM weights of an exported model folder (or hub id) instead of a
     # random init; the model config must match it, except for a beat clock it did not have.
@@ -88,12 +100,46 @@ class TrainConfig:
             raise ConfigError("schedule.max_steps must be positive and warmup_steps not negative")
         if min(run.log_every, run.val_every, run.checkpoint_every, run.max_bad_steps) < 1:
             raise ConfigError("run.log_every, val_every, checkpoint_every and max_bad_steps must be positive")
+        if not 0 <= run.checkpoint_minutes < math.inf:
+            raise ConfigError(
+                f"run.checkpoint_minutes must be 0 (off) or a positive number, not {run.checkpoint_minutes}"
+            )
 
     @property
     def accumulation(self) -> int:
         """Micro-batches per optimizer step on each device."""
         run = self.run
         return run.batch_size // (run.micro_batch_size * run.devices * run.num_nodes)
+
+
+SHORT_RUN_SHARE = 10  # a run shorter than its warm-up or checkpoint interval gets 1/10 of max_steps
+
+
+@dataclass(frozen=True)
+class RunFit:
+    """The warm-up and checkpoint interval a run uses: the config's, or scaled to a short run."""
+
+    warmup_steps: int
+    checkpoint_every: int
+    note: str = ""  # one line saying what was scaled, for the start of the run; "" when nothing was
+
+
+def fit_to_run(config: TrainConfig) -> RunFit:
+    """Scale `warmup_steps >= max_steps` and `checkpoint_every > max_steps` to a tenth of the run.
+
+    Warm-up 0 (a run under 10 steps) is no warm-up; checkpoints come at least every step.
+    """
+    steps, warmup, every = config.schedule.max_steps, config.schedule.warmup_steps, config.run.checkpoint_every
+    notes = []
+    if every > steps:
+        fitted_every = max(1, steps // SHORT_RUN_SHARE)
+        notes.append(f"max_steps {steps} < checkpoint_every {every}: checkpointing every {fitted_every} steps")
+        every = fitted_every
+    if warmup and warmup >= steps:
+        fitted_warmup = steps // SHORT_RUN_SHARE
+        notes.append(f"warmup_steps {warmup} >= max_steps {steps}: warm-up {warmup} -> {fitted_warmup} steps")
+        warmup = fitted_warmup
+    return RunFit(warmup, every, "; ".join(notes))
 
 
 def resolve(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:

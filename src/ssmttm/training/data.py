@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ssmttm.beat_clock import tempo_clock
 from ssmttm.data.dataset import TokenWindows
+from ssmttm.data.shards import MANIFEST, PLAN
 from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoder, pad_left
 
@@ -55,6 +57,24 @@ class CaptionedWindows(Dataset):
             raise RuntimeError(f"caption of {item['id']} is not in the embedding cache {self.cache.root}")
         clock = tempo_clock(stated_bpm(item["caption"]), self.windows.frame_rate, item["start_s"])
         return {**item, "text": emb, "clock": torch.tensor(clock, dtype=torch.float64)}
+
+
+def require_prepared(collection: str | Path) -> None:
+    """A FileNotFoundError that says what to run first, unless `collection` is a prepared (merged)
+    one: a newcomer's first run starts before any data exists, so `data merge` alone misleads."""
+    root = Path(collection)
+    if (root / MANIFEST).is_file():
+        return
+    if (root / PLAN).is_file():  # prepare started here but did not finish, or its shares are not merged
+        raise FileNotFoundError(
+            f"{root} is prepared only in part (no {MANIFEST}): run its `ssmttm data prepare` again to finish it, "
+            f"or `ssmttm data merge --out {root}` once every --shard share is done"
+        )
+    raise FileNotFoundError(
+        f"no prepared data in {root}: run `ssmttm data prepare --source AUDIO_DIR --out {root}` first "
+        f"(for the synthetic corpus: `ssmttm data synth --n 1000 --seed 1 --out corpus`, then prepare "
+        f"with --source corpus); `ssmttm data merge --out {root}` if it was prepared in shares"
+    )
 
 
 def fill_cache(encoder: TextEncoder, cache: EmbeddingCache, captions: list[str], batch: int = 64) -> None:

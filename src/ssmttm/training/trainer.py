@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,16 @@ from ssmttm.lm import MusicLM
 from ssmttm.pretrained import PretrainedError, load_weights, state_dict_problems
 from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from ssmttm.training.config import TrainConfig, resolve
-from ssmttm.training.data import CaptionedWindows, EncoderKey, EpochSampler, TrainBatches, collate, fill_cache
+from ssmttm.training.config import TrainConfig, fit_to_run, resolve
+from ssmttm.training.data import (
+    CaptionedWindows,
+    EncoderKey,
+    EpochSampler,
+    TrainBatches,
+    collate,
+    fill_cache,
+    require_prepared,
+)
 from ssmttm.training.flops import forward_flops
 from ssmttm.training.layout import (
     CHECKPOINT_DIR,
@@ -110,12 +119,23 @@ def build_fabric(config: TrainConfig):
 class Trainer:
     """Train `config` in `run_dir`, resuming from its last checkpoint when there is one."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, fabric=None, config_may_change: bool = False) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        fabric=None,
+        config_may_change: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """config_may_change: resuming with overrides (say, more steps) is deliberate, not a mix-up
-        of run folders; without it a run folder only continues under the config it was started with."""
+        of run folders; without it a run folder only continues under the config it was started with.
+        clock: seconds, for run.checkpoint_minutes (tests pass one that runs fast)."""
         self.config, self.run_dir = config, Path(run_dir)
         self.config_may_change = config_may_change
         self.fabric = fabric or build_fabric(config)
+        self.fitted = fit_to_run(config)  # warm-up and checkpoint interval, scaled to a short run
+        self.clock = clock
+        self._saved_at = 0.0  # self.clock() at the last checkpoint (or the start of the loop)
         self.counters = Counters()
         self._flops: dict[tuple[int, int], float] = {}
 
@@ -134,6 +154,7 @@ class Trainer:
         data = cfg.data
         if not data.collection:
             raise ConfigError("data.collection is not set: the folder `ssmttm data prepare` wrote")
+        require_prepared(data.collection)
         store = TokenStore(data.collection)
         codec = store.manifest["codec"]
         if codec["cardinality"] != cfg.model.cardinality or codec["num_codebooks"] < cfg.model.num_codebooks:
@@ -188,9 +209,9 @@ class Trainer:
         optimizer = torch.optim.AdamW([{"params": decay, **decayed}, {"params": no_decay, **plain}])
         model, optimizer = self.fabric.setup(lm, optimizer)
         model.mark_forward_method("compute_loss")  # so DDP sees the training step as a forward
-        sched = cfg.schedule
+        sched, warmup = cfg.schedule, self.fitted.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, sched.warmup_steps, sched.max_steps, sched.final_lr_fraction)
+            optimizer, lambda s: lr_factor(s, warmup, sched.max_steps, sched.final_lr_fraction)
         )
         self.lm, self.model, self.optimizer, self.scheduler = lm, model, optimizer, scheduler
 
@@ -232,10 +253,16 @@ class Trainer:
             fabric.launch()
         if fabric.global_rank == 0:
             self._check_run_dir()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.fitted.note:
+                log.warning(self.fitted.note)
         fabric.barrier()
+        # Data and model before the run folder: a start that fails on them (no prepared data, an
+        # encoder or init_from that does not fit) leaves no empty run folder behind.
         self._data()
         self._model()
+        if fabric.global_rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        fabric.barrier()
         resumed = self._restore()
         if fabric.global_rank == 0:
             save_yaml(cfg, self.run_dir / CONFIG)
@@ -256,6 +283,7 @@ class Trainer:
         )
         stream = iter(self.batches)
         self.model.train()
+        self._saved_at = self.clock()
         while c.step < cfg.schedule.max_steps:
             start = time.perf_counter()
             loss, tokens, flops, ok = self._train_step(stream)
@@ -284,7 +312,7 @@ class Trainer:
             if c.step % cfg.run.val_every == 0 or last:
                 self.logger.write("val", c, self.validate(), lr)
                 self.model.train()
-            if c.step % cfg.run.checkpoint_every == 0 or last:
+            if c.step % self.fitted.checkpoint_every == 0 or last or self._checkpoint_due():
                 self._checkpoint()
         bar.close()
 
@@ -355,6 +383,17 @@ class Trainer:
             sums, counts = fabric.all_reduce(sums, reduce_op="sum"), fabric.all_reduce(counts, reduce_op="sum")
         return float((sums / counts.clamp(min=1)).sum())
 
+    def _checkpoint_due(self) -> bool:
+        """Whether run.checkpoint_minutes have passed since the last checkpoint. Every rank takes
+        part in a save, so all go by rank 0's clock rather than each by its own."""
+        minutes = self.config.run.checkpoint_minutes
+        if not minutes:
+            return False
+        due = self.clock() - self._saved_at >= 60 * minutes
+        if self.fabric.world_size > 1:
+            due = bool(self.fabric.broadcast(due, src=0))
+        return due
+
     def _checkpoint(self) -> None:
         state = {
             "model": self.model,
@@ -366,6 +405,7 @@ class Trainer:
             "config": to_dict(self.config),
         }
         save_checkpoint(self.fabric, self.run_dir / CHECKPOINT_DIR / LAST, state)
+        self._saved_at = self.clock()  # the next timed checkpoint counts from this one, whatever wrote it
 
 
 class _Logger:
