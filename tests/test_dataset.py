@@ -77,3 +77,8 @@ def test_split_and_codebook_errors(prepared):
         TokenWindows(prepared, "test")
     with pytest.raises(ValueError, match="cannot read 5"):
         TokenWindows(prepared, num_codebooks=5)
+
+
+def test_a_folder_without_a_manifest_names_prepare_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `ssmttm data prepare --out"):
+        TokenStore(tmp_path)

@@ -101,7 +101,8 @@ class TokenStore:
         manifest = self.root / MANIFEST
         if not manifest.is_file():
             raise FileNotFoundError(
-                f"{self.root} is not a prepared collection (no {MANIFEST}; run `ssmttm data merge`)"
+                f"{self.root} is not a prepared collection (no {MANIFEST}): run `ssmttm data prepare --out "
+                f"{self.root} ...` first, or `ssmttm data merge --out {self.root}` if it was prepared in shares"
             )
         self.manifest = read_json(manifest)
         self.records = read_jsonl(self.root / INDEX)
