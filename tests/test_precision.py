@@ -9,9 +9,12 @@ tokens are forced, the same in every run, and the logits the generator sampled f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from ssmttm.cli import main
 from ssmttm.generation import generator as generator_module
 from ssmttm.generation.command import DEMO_MODEL
 from ssmttm.generation.pipeline import TextToMusic
@@ -80,3 +83,12 @@ def test_the_kernels_get_the_bf16_weights_and_state(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "extension", lambda: Spy())
     _sampled_logits(monkeypatch, BF16, BF16)
     assert received == {(BF16, BF16)}
+
+
+def test_the_sidecar_records_the_dtypes_that_decoded(tmp_path):
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.wav"
+        assert main(["generate", "calm piano", "--duration", "0.5", "--precision", precision, "-o", str(out)]) == 0
+        sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+        expected = "bfloat16" if precision == "bf16" else "float32"
+        assert (sidecar["weight_dtype"], sidecar["state_dtype"]) == (expected, expected)

@@ -55,7 +55,8 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         choices=["fp32", "bf16"],
         default="fp32",
         help="bf16: decode with the Linear weights and the SSM state stored in bf16, fewer bytes a step "
-        "(faster on CPUs with AVX512-BF16 or AMX; the samples differ from fp32's) (default: %(default)s)",
+        "(faster; the logits move by a few hundredths, so the samples part from fp32's, sooner or later) "
+        "(default: %(default)s)",
     )
     gen.add_argument(
         "--spectrogram", help="also draw the outputs' spectrograms into this image, png or svg (default: none)"
@@ -255,6 +256,8 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
             "generation_s": round(elapsed, 3),
             "device": device,
             "precision": args.precision,
+            "weight_dtype": _dtype_name(model.generator.weight_dtype),
+            "state_dtype": _dtype_name(model.generator.state_dtype or torch.float32),
             "torch_threads": torch.get_num_threads(),
         }
         write_json(path.with_name(path.name + ".json"), sidecar)
@@ -278,6 +281,10 @@ def _announce(path: Path, duration: float, stream: bool) -> None:
         print(f"writing {partial_path(path)} (playable while it grows; renamed to {path} when done)")
     else:
         print(f"writing {partial_path(path)} (a WAV, playable while it grows; {path} when done)")
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _mono(path: Path):

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssmttm.beat_clock import no_clock
@@ -60,6 +60,12 @@ class Generator:
         self.lm = lm.eval()
         self.cuda_graph = cuda_graph
         self.state_dtype = state_dtype
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the Linear weights are stored in as this generator decodes (what it runs, not
+        what was asked: the sidecar of `ssmttm generate` records it)."""
+        return next(m.weight.dtype for m in self.lm.modules() if isinstance(m, nn.Linear))
 
     @torch.no_grad()
     def generate(
