@@ -394,3 +394,58 @@ def test_bad_codebook_count_and_folders_are_clear_errors(tiny_dac_dir, tiny_enco
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CodecError, match="model type 'bert'"):
         load_codec(str(tmp_path))
+
+
+def test_facts_from_the_config_are_the_loaded_codecs(tiny_dac_dir, tiny_encodec_dir):
+    from ssmttm.codecs.command import codec_facts
+    from ssmttm.codecs.encodec import codebooks_by_bandwidth
+
+    for folder in (tiny_dac_dir, tiny_encodec_dir):
+        codec = load_codec(str(folder))
+        assert codec_facts(str(folder)) == codec.facts()
+    encodec = load_codec(str(tiny_encodec_dir))
+    quantizer, config = encodec.model.quantizer, encodec.model.config
+    counted = {bw: quantizer.get_num_quantizers_for_bandwidth(bw) for bw in config.target_bandwidths}
+    assert codebooks_by_bandwidth(config) == counted == {8.0: 1, 16.0: 2, 32.0: 4}
+
+
+def test_info_tells_static_facts_without_weights(tiny_dac_dir, monkeypatch, tmp_path, capsys):
+    from ssmttm.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # no weights, whatever this machine holds
+    assert main(["codec", "info", "dac"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "descript/dac_44khz: DacCodec",
+        "  rate          44100 Hz mono, hop 512, 86.13 frames/s",
+        "  codebooks     9 of 1024",
+        "  context       encode (8, 8), decode (10, 10) frames (left, right)",
+    ]
+    assert main(["codec", "info", "encodec"]) == 0
+    out = capsys.readouterr().out
+    assert "32000 Hz mono, hop 640, 50.00 frames/s" in out and "4 of 2048" in out
+    only_config = tmp_path / "config-only"  # a folder whose weights were never copied: load_codec refuses it
+    only_config.mkdir()
+    (only_config / "config.json").write_text((tiny_dac_dir / "config.json").read_text())
+    assert main(["codec", "info", str(only_config)]) == 0
+    assert "4 of 16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("someone/codec", "cannot describe codec 'someone/codec'.*HF_HUB_OFFLINE=1.*hf download someone/codec"),
+        ("nonsense", "unknown codec 'nonsense': not a local folder, a hub id or one of dac, .*embedded"),
+    ],
+)
+def test_info_of_a_codec_it_cannot_describe_is_one_line(name, message, monkeypatch, tmp_path):
+    from ssmttm.codecs.command import codec_facts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CodecError, match=message) as err:
+        codec_facts(name)
+    assert "\n" not in str(err.value)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CodecError, match="model type 'bert'"):
+        codec_facts(str(tmp_path))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,24 @@ if TYPE_CHECKING:
 
 class CodecError(ValueError):
     """A codec that cannot be loaded or used as asked, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class CodecFacts:
+    """What `ssmttm codec info` tells of a codec; a neural codec's follow from its config alone."""
+
+    name: str
+    kind: str  # the Codec class that loads it
+    sample_rate: int
+    hop_length: int
+    num_codebooks: int  # in use: all the codec has, unless fewer were asked for
+    cardinality: int
+    encode_context: tuple[int, int]  # (left, right) frames
+    decode_context: tuple[int, int]
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
 
 
 class Codec(ABC):
@@ -60,6 +79,18 @@ class Codec(ABC):
     def decode_context(self) -> tuple[int, int]:
         """(left, right) frames of context a decoding window needs; a stream holds back `right`."""
         return _sides(self.decode_context_frames)
+
+    def facts(self) -> CodecFacts:
+        return CodecFacts(
+            self.name,
+            type(self).__name__,
+            self.sample_rate,
+            self.hop_length,
+            self.num_codebooks,
+            self.cardinality,
+            self.encode_context,
+            self.decode_context,
+        )
 
     def num_frames(self, num_samples: int) -> int:
         """Frames for `num_samples` samples at the codec's rate: ceil(N / hop)."""

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssmttm.codecs.base import CodecFacts
+
+
+def codec_names() -> str:
+    """The short codec names `load_codec` accepts, for help texts: the built-in ones first."""
+    from ssmttm.codecs import BUILTIN, NAMES
+
+    return ", ".join([*BUILTIN, *NAMES])
 
 
 def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     codec = commands.add_parser("codec", help="audio codecs: round trip a file, fit or describe a codec")
-    sub = codec.add_subparsers(dest="codec_command", required=True)
+    sub = codec.add_subparsers(metavar="COMMAND", required=True)  # as ssmttm.cli names every level's
 
     trip = sub.add_parser("roundtrip", help="encode a file to tokens and decode it back, to hear the codec")
     trip.add_argument("input", help="audio file (wav, flac, mp3, ogg), any rate and channels")
     trip.add_argument("-o", "--out", required=True, help="output file; the format follows the extension")
-    trip.add_argument("--codec", default="embedded", help="embedded (default), dac, encodec, a hub id or a folder")
+    trip.add_argument("--codec", default="embedded", help=f"{codec_names()}, a hub id or a folder")
     trip.add_argument("--num-codebooks", type=int, help="decode from the first K codebooks (default: all)")
     trip.add_argument("--spectrogram", help="also save the spectrograms before and after to this image (png, svg)")
     trip.set_defaults(run=_roundtrip)
@@ -21,18 +33,24 @@ def add_codec_commands(commands: argparse._SubParsersAction) -> None:
     fit = sub.add_parser("fit", help="fit the embedded codec's codebooks on a folder of audio")
     fit.add_argument("corpus", help="folder searched for wav, flac, mp3 and ogg files")
     fit.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    fit.add_argument("--max-frames", type=int, default=120_000, help="frames sampled for k-means (default 120000)")
-    fit.add_argument("--iterations", type=int, default=25, help="k-means iterations per codebook (default 25)")
-    fit.add_argument("--codebook-size", type=int, default=1024, help="entries per codebook (default 1024)")
+    fit.add_argument("--max-frames", type=int, default=120_000, help="frames sampled for k-means")
+    fit.add_argument("--iterations", type=int, default=25, help="k-means iterations per codebook")
+    fit.add_argument("--codebook-size", type=int, default=1024, help="entries per codebook")
     fit.add_argument(
-        "--codebooks", type=int, default=4, help="residual codebooks (default 4; the first K of more equal a fit of K)"
+        "--codebooks", type=int, default=4, help="residual codebooks: the first K of a fit of more equal a fit of K"
     )
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=1, help="processes for the analysis (default 1)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the frame sampling and k-means")
+    fit.add_argument("--workers", type=int, default=1, help="processes for the analysis")
     fit.set_defaults(run=_fit)
 
-    info = sub.add_parser("info", help="rates, codebooks and context of a codec")
-    info.add_argument("codec", nargs="?", default="embedded")
+    info = sub.add_parser(
+        "info",
+        help="rates, codebooks and context of a codec",
+        description="Rates, codebooks and context of a codec. A neural codec's facts come from its config "
+        "(a local folder's, the Hugging Face cache's, or the known architecture of dac and encodec), "
+        "so its weights need not be on this machine.",
+    )
+    info.add_argument("codec", nargs="?", default="embedded", help=f"{codec_names()}, a hub id or a folder")
     info.set_defaults(run=_info)
 
 
@@ -75,10 +93,74 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from ssmttm.codecs import load_codec
+    facts = codec_facts(args.codec)
+    print(f"{facts.name}: {facts.kind}")
+    print(f"  rate          {facts.sample_rate} Hz mono, hop {facts.hop_length}, {facts.frame_rate:.2f} frames/s")
+    print(f"  codebooks     {facts.num_codebooks} of {facts.cardinality}")
+    print(f"  context       encode {facts.encode_context}, decode {facts.decode_context} frames (left, right)")
 
-    codec = load_codec(args.codec)
-    print(f"{codec.name}: {type(codec).__name__}")
-    print(f"  rate          {codec.sample_rate} Hz mono, hop {codec.hop_length}, {codec.frame_rate:.2f} frames/s")
-    print(f"  codebooks     {codec.num_codebooks} of {codec.cardinality}")
-    print(f"  context       encode {codec.encode_context}, decode {codec.decode_context} frames (left, right)")
+
+def codec_facts(name: str) -> CodecFacts:
+    """What `load_codec(name)` would give, told without weights where none are needed: a neural
+    codec's facts follow from its config; a spectral codec's weights file is small and local."""
+    from ssmttm.codecs import BUILTIN, CLASSES, NAMES, load_codec
+
+    source = NAMES.get(name, name)
+    path = Path(source).expanduser()
+    if name in BUILTIN or (path.is_file() and path.suffix == ".safetensors"):
+        return load_codec(name).facts()
+    config = _codec_config(name, source, path)
+    module, cls = CLASSES[config.model_type].split(":")
+    return getattr(import_module(module), cls).facts_from_config(config, str(path) if path.exists() else source)
+
+
+def _codec_config(name: str, source: str, path: Path):
+    """The transformers config of a local folder or hub id: its own config.json where this machine
+    has one (the folder, or the Hugging Face cache), else the known architecture of the hub ids
+    our short names stand for, else the hub's config.json (a few kB) when the hub is reachable."""
+    from ssmttm.codecs import BUILTIN, HUB_ID, NAMES, CodecError
+    from ssmttm.codecs.dac import DAC_44KHZ, dac_44khz_config
+    from ssmttm.codecs.encodec import ENCODEC_32KHZ, encodec_32khz_config
+    from ssmttm.hub import cached_config, how_to_provide, offline
+
+    if path.exists():
+        return _read_config(path / "config.json", source)
+    if not HUB_ID.fullmatch(source) or source.startswith("."):
+        known = ", ".join(sorted({*NAMES, *BUILTIN}))
+        raise CodecError(f"unknown codec {name!r}: not a local folder, a hub id or one of {known}")
+    cached = cached_config(source)
+    if cached is not None:
+        return _read_config(Path(cached), source)
+    architectures = {DAC_44KHZ: dac_44khz_config, ENCODEC_32KHZ: encodec_32khz_config}
+    if source in architectures:
+        return architectures[source]()
+    if offline():
+        raise CodecError(
+            f"cannot describe codec {source!r}: its config is not in the Hugging Face cache (HF_HUB_OFFLINE=1); "
+            f"{how_to_provide(source)}"
+        )
+    return _checked_config(source, source)
+
+
+def _read_config(file: Path, source: str):
+    """A saved codec's config.json as its transformers config, after the checks `load_codec` makes."""
+    from ssmttm.codecs import _model_type
+
+    _model_type(file, source)  # a missing or broken config.json is a CodecError in its words
+    return _checked_config(str(file.parent), source)
+
+
+def _checked_config(where: str, source: str):
+    """AutoConfig of a folder or hub id (only config.json is read or fetched), of a kind we load."""
+    from transformers import AutoConfig
+
+    from ssmttm.codecs import CLASSES, CodecError
+    from ssmttm.hub import first_line
+
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise CodecError(f"cannot read the config of codec {source!r} ({first_line(err)})") from None
+    if config.model_type not in CLASSES:
+        raise CodecError(f"{source!r} is not a codec we know how to load (model type {config.model_type!r})")
+    return config

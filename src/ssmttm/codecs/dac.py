@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmttm.codecs.base import Codec, CodecError, load_pretrained
+from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_pretrained
 
 DAC_44KHZ = "descript/dac_44khz"
 RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # a residual unit stack: kernel-7 convs dilated 1, 3 and 9, each reaching 3 * d
@@ -18,18 +18,31 @@ class DacCodec(Codec):
     chunk_frames = 256  # about 3 s at 44.1 kHz; the decoder holds about 2 MB of activations per frame
 
     def __init__(self, model, name: str, num_codebooks: int | None = None, device: str | torch.device = "cpu"):
-        config = model.config
+        facts = self.facts_from_config(model.config, name)
         self.model = model.eval().to(device)
         self.name = name
-        self.sample_rate = int(config.sampling_rate)
-        self.hop_length = int(config.hop_length)
-        self.cardinality = int(config.codebook_size)
-        available = int(config.n_codebooks)
+        self.sample_rate, self.hop_length, self.cardinality = facts.sample_rate, facts.hop_length, facts.cardinality
+        available = facts.num_codebooks
         self.num_codebooks = available if num_codebooks is None else num_codebooks
         if not 1 <= self.num_codebooks <= available:
             raise CodecError(f"{name} has {available} codebooks; cannot use {self.num_codebooks}")
         self.device = torch.device(device)
-        self.encode_context_frames, self.decode_context_frames = dac_context_frames(config)
+        self.encode_context_frames, self.decode_context_frames = facts.encode_context, facts.decode_context
+
+    @classmethod
+    def facts_from_config(cls, config, name: str) -> CodecFacts:
+        """Rates, codebooks and context from a DacConfig: what the codec is, without its weights."""
+        encode, decode = dac_context_frames(config)
+        return CodecFacts(
+            name=name,
+            kind=cls.__name__,
+            sample_rate=int(config.sampling_rate),
+            hop_length=int(config.hop_length),
+            num_codebooks=int(config.n_codebooks),
+            cardinality=int(config.codebook_size),
+            encode_context=(encode, encode),
+            decode_context=(decode, decode),
+        )
 
     @classmethod
     def from_pretrained(cls, name: str = DAC_44KHZ, num_codebooks: int | None = None, device: str = "cpu"):

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmttm.codecs.base import Codec, CodecError, load_pretrained
+from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_pretrained
 
 ENCODEC_32KHZ = "facebook/encodec_32khz"
 # Both the encoder and the decoder end in a unidirectional LSTM, so a frame depends on all the
@@ -27,25 +27,37 @@ class EncodecCodec(Codec):
 
     def __init__(self, model, name: str, num_codebooks: int | None = None, device: str | torch.device = "cpu"):
         config = model.config
-        _check_supported(config, name)
+        facts = self.facts_from_config(config, name)
         self.model = model.eval().to(device)
         self.name = name
-        self.sample_rate = int(config.sampling_rate)
-        self.hop_length = int(config.hop_length)
-        self.cardinality = int(config.codebook_size)
-        quantizer = model.quantizer
-        by_bandwidth = {bw: quantizer.get_num_quantizers_for_bandwidth(bw) for bw in config.target_bandwidths}
-        available = min(max(by_bandwidth.values()), len(quantizer.layers))
+        self.sample_rate, self.hop_length, self.cardinality = facts.sample_rate, facts.hop_length, facts.cardinality
+        available = facts.num_codebooks
         self.num_codebooks = available if num_codebooks is None else num_codebooks
         if not 1 <= self.num_codebooks <= available:
             raise CodecError(f"{name} has {available} codebooks; cannot use {self.num_codebooks}")
         # The smallest bandwidth that gives K codebooks: residual quantization makes its codes the
         # first K of the full encode, and it skips the codebooks we would drop.
+        by_bandwidth = codebooks_by_bandwidth(config)
         self.bandwidth = min(bw for bw, n in by_bandwidth.items() if n >= self.num_codebooks)
         self.device = torch.device(device)
+        self.encode_context_frames, self.decode_context_frames = facts.encode_context, facts.decode_context
+
+    @classmethod
+    def facts_from_config(cls, config, name: str) -> CodecFacts:
+        """Rates, codebooks and context from an EncodecConfig: what the codec is, without its weights.
+        A config we cannot stream is a CodecError here already."""
+        _check_supported(config, name)
         (enc_left, enc_right), (dec_left, dec_right) = seanet_context_frames(config)
-        self.encode_context_frames = (enc_left + LSTM_WARMUP_FRAMES, enc_right)
-        self.decode_context_frames = (dec_left + LSTM_WARMUP_FRAMES, dec_right)
+        return CodecFacts(
+            name=name,
+            kind=cls.__name__,
+            sample_rate=int(config.sampling_rate),
+            hop_length=int(config.hop_length),
+            num_codebooks=min(max(codebooks_by_bandwidth(config).values()), int(config.num_quantizers)),
+            cardinality=int(config.codebook_size),
+            encode_context=(enc_left + LSTM_WARMUP_FRAMES, enc_right),
+            decode_context=(dec_left + LSTM_WARMUP_FRAMES, dec_right),
+        )
 
     @classmethod
     def from_pretrained(cls, name: str = ENCODEC_32KHZ, num_codebooks: int | None = None, device: str = "cpu"):
@@ -61,6 +73,13 @@ class EncodecCodec(Codec):
     def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
         out = self.model.decode(codes.to(self.device)[None], [None], return_dict=True)
         return out.audio_values  # (B, 1, T * hop)
+
+
+def codebooks_by_bandwidth(config) -> dict[float, int]:
+    """Codebooks that each of the config's target bandwidths (kbps) encodes with, counted as
+    EncodecResidualVectorQuantizer.get_num_quantizers_for_bandwidth counts them, without building it."""
+    bits_per_codebook = math.log2(config.codebook_size) * config.frame_rate
+    return {bw: max(1, math.floor(bw * 1000 / bits_per_codebook)) for bw in config.target_bandwidths}
 
 
 def _check_supported(config, name: str) -> None:
