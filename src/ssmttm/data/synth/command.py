@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 
 from ssmttm.data.synth.corpus import DEFAULT_DURATION_S, DEFAULT_SAMPLE_RATE, synthesize_corpus
 from ssmttm.data.synth.render import RendererMissingError
@@ -20,7 +23,7 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--n", type=int, required=True, help="number of pieces")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, required=True, help="corpus seed: the same seed gives the same corpus")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument(
         "--hold-out",
         default=None,
@@ -29,14 +32,14 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "(keys: style, lead, accompaniment, key, mode, mood, dynamics, drums)",
     )
     parser.add_argument("--only-held-out", action="store_true", help="make only the held-out combinations")
-    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="Hz (default 44100)")
-    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds per piece (default 10)")
+    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="Hz")
+    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds per piece")
     parser.add_argument(
         "--bpm-captions",
         type=float,
         default=0.0,
         metavar="P",
-        help="share (0-1) of the captions naming no BPM that are made to state one (default 0: captions as written)",
+        help="share (0-1) of the captions naming no BPM that are made to state one; 0 keeps the captions as written",
     )
     parser.set_defaults(run=run_synth, func=run_synth)
     return parser
@@ -45,18 +48,19 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_synth(args: argparse.Namespace) -> None:
     """Make the corpus the arguments describe and print what was made."""
     try:
-        summary = synthesize_corpus(
-            args.out,
-            n=args.n,
-            seed=args.seed,
-            workers=args.workers,
-            hold_out=args.hold_out,
-            only_held_out=args.only_held_out,
-            sample_rate=args.sample_rate,
-            duration_s=args.duration,
-            progress=True,
-            bpm_captions=args.bpm_captions,
-        )
+        with _without_the_library_summary():
+            summary = synthesize_corpus(
+                args.out,
+                n=args.n,
+                seed=args.seed,
+                workers=args.workers,
+                hold_out=args.hold_out,
+                only_held_out=args.only_held_out,
+                sample_rate=args.sample_rate,
+                duration_s=args.duration,
+                progress=True,
+                bpm_captions=args.bpm_captions,
+            )
     except RendererMissingError as err:
         raise ValueError(str(err)) from None
     speed = f", {summary.rendered_seconds:.0f} s of audio at {summary.realtime_factor:.0f}x real time"
@@ -66,3 +70,16 @@ def run_synth(args: argparse.Namespace) -> None:
     )
     print("  styles   " + ", ".join(f"{style} {count}" for style, count in summary.styles.items()))
     print(f"  metadata {summary.metadata_path}")
+
+
+@contextlib.contextmanager
+def _without_the_library_summary() -> Iterator[None]:
+    """synthesize_corpus logs a one-line summary at INFO, which `ssmttm` shows: beside the fuller
+    one printed here, the user would read it twice. Its INFO records are held back meanwhile."""
+    logger = logging.getLogger(synthesize_corpus.__module__)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
