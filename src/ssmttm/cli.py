@@ -6,9 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
-from ssmttm.codecs.command import add_codec_commands
+from ssmttm import __version__
+from ssmttm.codecs.command import add_codec_commands, codec_names
 from ssmttm.config import ConfigError, load_preset, preset_names
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.generation.command import add_generate_command
@@ -16,6 +19,54 @@ from ssmttm.lm import count_parameters
 from ssmttm.release.command import add_import_command
 from ssmttm.training.command import add_training_commands
 from ssmttm.training.plot import add_plot_command
+
+COMMAND = "COMMAND"  # the metavar of every level's subcommands, in usage and in errors
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless its help already speaks of it or there is none to show:
+    argparse.ArgumentDefaultsHelpFormatter would also print "(default: None)" for every unset option
+    and repeat the defaults that help texts explain in their own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or default == argparse.SUPPRESS:
+            return action.help
+        if "default" in text.lower() or not (action.option_strings or action.nargs in ("?", "*")):
+            return action.help
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `ssmttm` and of every subcommand (add_subparsers passes its own class on):
+    defaults in the help, and errors in one line like the commands' own."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        # A subcommand's prog is "ssmttm data prepare": name the command, as the usage block would have.
+        command = self.prog.removeprefix("ssmttm").strip()
+        if message.endswith(f"required: {COMMAND}"):  # the usage block that listed them is not shown
+            message += f" (one of {', '.join(self._commands())})"
+        self.exit(2, f"ssmttm: error: {command + ': ' if command else ''}{message}\n")
+
+    def _commands(self) -> list[str]:
+        return [
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        ]
+
+
+def version() -> str:
+    """The installed distribution's version; ssmttm.__version__ for a source tree that was never installed."""
+    try:
+        return metadata.version("ssmttm")
+    except metadata.PackageNotFoundError:
+        return __version__
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -122,17 +173,16 @@ def _report_merge(out: str, merged) -> None:
 
 
 def _add_data_commands(commands) -> None:
-    data = commands.add_parser("data", help="make and prepare training data").add_subparsers(
-        dest="data_command", required=True
-    )
+    data = commands.add_parser("data", help="make and prepare training data")
+    data = data.add_subparsers(metavar=COMMAND, required=True)
     add_synth_command(data)
     prep = data.add_parser("prepare", help="encode a captioned audio collection into token shards")
     prep.add_argument("--source", required=True, help="folder of audio (a captions file, Jamendo, or our corpus)")
     prep.add_argument("--captions", help="captions: JSON, JSONL or CSV (file, caption); Jamendo: the release's JSON")
-    prep.add_argument("--codec", required=True, help="codec name (dac), hub id or local model folder")
+    prep.add_argument("--codec", default="embedded", help=f"{codec_names()}, a hub id or a local model folder")
     prep.add_argument("--out", required=True, help="output folder; an interrupted run resumes there")
     prep.add_argument("--num-codebooks", type=int, help="keep the first K codebooks (default: all)")
-    prep.add_argument("--segment-seconds", type=float, default=30.0, help="clip length (default 30)")
+    prep.add_argument("--segment-seconds", type=float, default=30.0, help="clip length in seconds")
     prep.add_argument("--validation-fraction", type=float, default=0.05, help="share of songs held out")
     prep.add_argument("--exclude", help="file of ids to leave out (item ids, song ids or file paths), one per line")
     prep.add_argument("--remove-vocals", action="store_true", help="keep Demucs htdemucs's no-vocals stem")
@@ -141,13 +191,14 @@ def _add_data_commands(commands) -> None:
     prep.add_argument("--items-per-unit", type=int, default=16, help="source files per shard unit")
     prep.set_defaults(run=_prepare)
     merge = data.add_parser("merge", help="index the units of all --shard runs in one folder")
-    merge.add_argument("--out", required=True)
+    merge.add_argument("--out", required=True, help="the --out folder of the `data prepare --shard i/n` runs")
     merge.set_defaults(run=_merge)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssmttm", description="Text-to-music with state-space language models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="ssmttm", description="Text-to-music with state-space language models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", metavar=COMMAND, required=True)
     presets = commands.add_parser("presets", help="list the model presets with their parameter counts")
     presets.set_defaults(run=_presets)
     summary = commands.add_parser("summary", help="describe one model preset")
@@ -165,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a failure to show a traceback for
+        print("ssmttm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "train":  # config overrides: --optim.lr=3e-4 --model.backbone.n_layers=8

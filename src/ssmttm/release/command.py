@@ -13,8 +13,8 @@ def add_import_command(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--ckpt", required=True, help="the release's Lightning .ckpt (or a state dict .pt/.safetensors)")
     cmd.add_argument("--config", help="the release's config.json, checked against the checkpoint's tensors")
     cmd.add_argument("--out", required=True, help="folder to write (model.safetensors + config.json)")
-    cmd.add_argument("--text-encoder", default=FLAN_T5_BASE, help=f"hub id or local folder (default {FLAN_T5_BASE})")
-    cmd.add_argument("--codec", default=DAC_44KHZ, help=f"hub id or local folder (default {DAC_44KHZ})")
+    cmd.add_argument("--text-encoder", default=FLAN_T5_BASE, help="text encoder: hub id or local folder")
+    cmd.add_argument("--codec", default=DAC_44KHZ, help="codec: hub id or local folder")
     cmd.set_defaults(run=_import)
 
 
