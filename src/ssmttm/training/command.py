@@ -23,9 +23,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a run's model as model.safetensors + config.json")
     export.add_argument("run_dir", metavar="RUN", help="a training run folder")
     export.add_argument("--out", required=True, help="folder to write")
-    export.add_argument("--cfg-scale", type=float, help="generation default (default 3.0)")
-    export.add_argument("--temperature", type=float, help="generation default (default 1.0)")
-    export.add_argument("--top-k", type=int, help="generation default (default 250; 0 = off)")
+    export.add_argument("--cfg-scale", type=float, help="generation default (default: 3.0)")
+    export.add_argument("--temperature", type=float, help="generation default (default: 1.0)")
+    export.add_argument("--top-k", type=int, help="generation default (0 = off; default: 250)")
     export.set_defaults(run=_export)
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-from collections.abc import Iterator
 
 from ssmttm.data.synth.corpus import DEFAULT_DURATION_S, DEFAULT_SAMPLE_RATE, synthesize_corpus
 from ssmttm.data.synth.render import RendererMissingError
@@ -48,19 +45,18 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_synth(args: argparse.Namespace) -> None:
     """Make the corpus the arguments describe and print what was made."""
     try:
-        with _without_the_library_summary():
-            summary = synthesize_corpus(
-                args.out,
-                n=args.n,
-                seed=args.seed,
-                workers=args.workers,
-                hold_out=args.hold_out,
-                only_held_out=args.only_held_out,
-                sample_rate=args.sample_rate,
-                duration_s=args.duration,
-                progress=True,
-                bpm_captions=args.bpm_captions,
-            )
+        summary = synthesize_corpus(
+            args.out,
+            n=args.n,
+            seed=args.seed,
+            workers=args.workers,
+            hold_out=args.hold_out,
+            only_held_out=args.only_held_out,
+            sample_rate=args.sample_rate,
+            duration_s=args.duration,
+            progress=True,
+            bpm_captions=args.bpm_captions,
+        )
     except RendererMissingError as err:
         raise ValueError(str(err)) from None
     speed = f", {summary.rendered_seconds:.0f} s of audio at {summary.realtime_factor:.0f}x real time"
@@ -70,16 +66,3 @@ def run_synth(args: argparse.Namespace) -> None:
     )
     print("  styles   " + ", ".join(f"{style} {count}" for style, count in summary.styles.items()))
     print(f"  metadata {summary.metadata_path}")
-
-
-@contextlib.contextmanager
-def _without_the_library_summary() -> Iterator[None]:
-    """synthesize_corpus logs a one-line summary at INFO, which `ssmttm` shows: beside the fuller
-    one printed here, the user would read it twice. Its INFO records are held back meanwhile."""
-    logger = logging.getLogger(synthesize_corpus.__module__)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

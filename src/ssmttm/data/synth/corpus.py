@@ -216,5 +216,5 @@ def synthesize_corpus(
         wall_seconds=time.perf_counter() - start,
         styles=dict(sorted(Counter(r["style"] for r in records).items())),
     )
-    logger.info("synth: %d pieces in %s (%d rendered, %d already there)", n, out, rendered, n - rendered)
+    logger.debug("synth: %d pieces in %s (%d rendered, %d already there)", n, out, rendered, n - rendered)
     return summary
