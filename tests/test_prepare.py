@@ -58,7 +58,7 @@ def write_bad(root: Path) -> dict[str, str]:
     return {
         "zero.wav": "empty file",
         "truncated.wav": "truncated",
-        "not_audio.wav": "not readable audio",
+        "not_audio.wav": "not audio: a text file, not readable as wav",
         "tiny.wav": "shorter than one codec frame",
         "silent.wav": "silent",
         "uncaptioned.wav": "no caption",
@@ -120,6 +120,100 @@ def test_bad_inputs_are_listed_with_reasons_and_the_run_completes(collection, tm
     store = TokenStore(tmp_path / "out")
     assert {r["file"] for r in store} == set(GOOD)  # odd names are fine
     assert all(r["caption"] == GOOD[r["file"]] for r in store)
+
+
+def with_samples(wav, values):
+    """A copy of wav with its first samples replaced: one bad value among good audio."""
+    wav = wav.copy()
+    wav[0, 100 : 100 + len(values)] = values
+    return wav
+
+
+def write_inf(path: Path):
+    save_audio(path, with_samples(tone(2.0), [np.inf]), RATE, subtype="FLOAT")  # PCM would clip it
+
+
+def write_nan(path: Path):
+    save_audio(path, with_samples(tone(2.0), [np.nan, np.nan]), RATE, subtype="FLOAT")
+
+
+# One bad file among good ones: (writer, the reason failures.jsonl must give)
+ONE_BAD = {
+    "inf.wav": (write_inf, "non-finite samples (1 infinite)"),
+    "nan.wav": (write_nan, "non-finite samples (2 NaN)"),  # its RMS is NaN: it once read as "silent"
+    "loop.wav": (
+        lambda p: p.symlink_to(p.name),
+        "symlink loop (loop.wav -> loop.wav): following it never reaches a file",
+    ),
+    "x.wav": (lambda p: p.mkdir(), "a directory, not an audio file"),
+    "y.mp3": (lambda p: p.write_text("a text file, not sound\n"), "not audio: a text file, not readable as mp3"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(ONE_BAD))
+def test_one_bad_file_is_one_failure_and_the_run_goes_on(tmp_path, tiny_dac_dir, bad):
+    root = tmp_path / "c"
+    good = {"song_a.wav": "a calm piano piece", "song_b.flac": "fast rock with drums", "song_c.wav": "a third song"}
+    for k, name in enumerate(good):
+        save_audio(root / name, tone(1.5, 200 + 100 * k, seed=k), RATE)
+    write, reason = ONE_BAD[bad]
+    write(root / bad)
+    write_csv_captions(root / "captions.csv", {**good, bad: "the bad one"}, extra_bad=False)
+    result = run(root, tmp_path / "out", tiny_dac_dir, root / "captions.csv")
+    assert result.merge is not None and result.units_encoded == result.units_total
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == [{"file": bad, "reason": reason}]
+    assert {r["file"] for r in TokenStore(tmp_path / "out")} == set(good)
+
+
+def test_an_encode_error_fails_its_item_alone_and_leaves_none_of_its_clips(tmp_path, tiny_dac_dir, monkeypatch):
+    import ssmttm.data.prepare as prepare_module
+    from ssmttm.codecs import CodecError
+
+    real = load_codec(str(tiny_dac_dir))
+
+    class Refusing:
+        """The real codec, but audio that peaks above 0.9 is refused as the codec refuses NaN."""
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def encode(self, wav, rate):
+            if wav.abs().max() > 0.9:
+                raise CodecError("refused for the test")
+            return real.encode(wav, rate)
+
+    monkeypatch.setattr(prepare_module, "load_codec", lambda *args: Refusing())
+    root = tmp_path / "c"
+    save_audio(root / "good.wav", tone(2.5, 220), RATE)
+    loud = tone(2.5, 330, seed=1)
+    loud[0, RATE + 100] = 0.95  # in the second 1 s segment: the first one encodes before the error
+    save_audio(root / "loud.wav", loud, RATE, subtype="FLOAT")
+    write_csv_captions(root / "captions.csv", {"good.wav": "good", "loud.wav": "loud"}, extra_bad=False)
+    result = run(root, tmp_path / "out", tiny_dac_dir, root / "captions.csv")
+    assert result.merge is not None
+    reason = "segment 1 could not be encoded (refused for the test)"
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == [{"file": "loud.wav", "reason": reason}]
+    store = TokenStore(tmp_path / "out")
+    assert {r["file"] for r in store} == {"good.wav"}
+    shard = np.load(tmp_path / "out" / "shards" / "unit-00000.npy")
+    assert shard.shape[1] == sum(r["frames"] for r in store)  # loud.wav's first clip was not kept
+
+
+def test_non_finite_output_of_the_vocal_remover_is_a_failure(tmp_path, tiny_dac_dir):
+    root = tmp_path / "c"
+    save_audio(root / "x.wav", tone(1.5, 220), RATE)
+    (root / "c.csv").write_text("file,caption\nx.wav,a tone\n")
+    result = run(
+        root,
+        tmp_path / "out",
+        tiny_dac_dir,
+        root / "c.csv",
+        remove_vocals=True,
+        separator=lambda w, r: np.full_like(w, np.nan),
+    )
+    assert result.merge is not None and result.merge.clips == 0
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"].startswith("non-finite samples after vocal removal (")
 
 
 def test_clips_hold_the_codec_tokens_of_their_segment(collection, tmp_path, tiny_dac_dir):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +22,81 @@ class AudioError(ValueError):
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read any format soundfile knows (wav, flac, mp3, ogg) -> (wav (C, N) float32, sample rate).
 
-    Raises AudioError for empty, unreadable or truncated files.
+    Raises AudioError, with a one-line reason, for anything that is not a readable audio file:
+    missing, a directory, a symlink loop, empty, not audio, truncated.
     """
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)")
+    _check_file(path)
     try:
         info = sf.info(str(path))
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"not readable audio ({err})") from None
+        raise AudioError(_unreadable(path, err)) from None
     if _truncated(info.extra_info):
         raise AudioError("truncated: the file is shorter than its header says")
     return np.ascontiguousarray(data.T), int(rate)
+
+
+def _check_file(path: Path) -> None:
+    """An AudioError unless `path` is a non-empty regular file (after symlinks).
+
+    libsndfile says only "System error." for a missing file or a symlink loop and "Format not
+    recognised" for a directory, and it would block forever reading a named pipe; say what it is.
+    """
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise AudioError(_stat_problem(path, err)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError("a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(f"not a regular file but {_file_kind(info.st_mode)}")
+    if info.st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+
+
+def _stat_problem(path: Path, err: OSError) -> str:
+    target = f" ({path.name} -> {os.readlink(path)})" if path.is_symlink() else ""
+    if err.errno == errno.ELOOP:
+        return f"symlink loop{target}: following it never reaches a file"
+    if err.errno == errno.ENOENT:
+        return f"broken symlink{target}: the file it points to does not exist" if target else "file not found"
+    if err.errno == errno.EACCES:
+        return "permission denied"
+    return f"cannot open ({err.strerror or err})"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a device or other special file")
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why libsndfile could not read a regular file, in the terms of what the file holds."""
+    kind = path.suffix.lower().lstrip(".") or "audio"
+    try:
+        with path.open("rb") as f:
+            head = f.read(1024)
+    except OSError as open_err:
+        return _stat_problem(path, open_err)
+    if _is_text(head):
+        return f"not audio: a text file, not readable as {kind}"
+    # libsndfile's message after "Error opening '...': "; for mp3 it wrongly blames a missing file
+    message = str(err).rsplit("': ", 1)[-1].strip().rstrip(".")
+    if "does not exist or is not a regular file" in message:
+        message = "contents not recognised"
+    return f"not readable as {kind} ({message[:1].lower() + message[1:]})"
+
+
+def _is_text(head: bytes) -> bool:
+    """The first bytes of a file decode as printable UTF-8 (a cut multi-byte character allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return False
+        text = head[: err.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
 def _truncated(extra_info: str) -> bool:
@@ -42,10 +107,12 @@ def _truncated(extra_info: str) -> bool:
 
 def audio_info(path: str | Path) -> tuple[float, int, int]:
     """(duration in seconds, sample rate, channels) without decoding the samples."""
+    path = Path(path)
+    _check_file(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"not readable audio ({err})") from None
+        raise AudioError(_unreadable(path, err)) from None
     return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
 
 

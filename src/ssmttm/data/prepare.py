@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ssmttm.codecs import Codec, load_codec
+from ssmttm.codecs import Codec, CodecError, load_codec
 from ssmttm.data.audio import AudioError, load_audio
 from ssmttm.data.shards import PLAN, MergeResult, merge, unit_done, write_unit
 from ssmttm.data.sources import Failure, SourceItem, discover
@@ -205,26 +205,45 @@ class _UnitJob:
     separator: Separator | None
 
     def __call__(self, codec: Codec, unit: dict[str, Any]) -> tuple[np.ndarray, list[dict], list[dict]]:
-        """Encode every item of a unit: (tokens (K, frames), clip records, failures)."""
+        """Encode every item of a unit: (tokens (K, frames), clip records, failures).
+
+        An item that cannot be used is one failure with its reason, and the unit goes on.
+        """
         blocks, records, failures = [], [], []
         offset = 0
         for fields in unit["items"]:
             item = SourceItem(**fields)
             try:
-                for segment, start_s, wav, rate in self._segments(item):
-                    codes = codec.encode(torch.from_numpy(wav)[None], rate)[0].numpy()  # (K, T)
-                    records.append(self._record(item, unit["name"], segment, start_s, offset, codes.shape[1]))
-                    blocks.append(codes)
-                    offset += codes.shape[1]
+                clips = self._encode(codec, item)
             except (AudioError, _Skip) as err:
                 failures.append(asdict(Failure(item.file, str(err))))
+                continue
+            for segment, start_s, codes in clips:
+                records.append(self._record(item, unit["name"], segment, start_s, offset, codes.shape[1]))
+                blocks.append(codes)
+                offset += codes.shape[1]
         k = self.codec_info["num_codebooks"]
         tokens = np.concatenate(blocks, axis=1) if blocks else np.zeros((k, 0), dtype=np.int64)
         return tokens, records, failures
 
+    def _encode(self, codec: Codec, item: SourceItem) -> list[tuple[int, float, np.ndarray]]:
+        """(segment, start in seconds, codes (K, T)) of every clip of an item, or a _Skip.
+
+        All or nothing: an item that fails part-way must not leave some of its clips in the unit.
+        """
+        clips = []
+        for segment, start_s, wav, rate in self._segments(item):
+            try:
+                codes = codec.encode(torch.from_numpy(wav)[None], rate)[0].numpy()
+            except CodecError as err:  # the audio, not the codec: encode's other errors are bugs
+                raise _Skip(f"segment {segment} could not be encoded ({err})") from None
+            clips.append((segment, start_s, codes))
+        return clips
+
     def _segments(self, item: SourceItem) -> Iterator[tuple[int, float, np.ndarray, int]]:
         cfg = self.config
         wav, rate = load_audio(Path(cfg.source) / item.file)
+        _check_finite(wav)  # before the silence check: the RMS of NaN samples reads as silence
         frame_samples = rate / self.codec_info["frame_rate"]
         if wav.shape[1] < frame_samples:
             raise _Skip("shorter than one codec frame")
@@ -232,6 +251,7 @@ class _UnitJob:
             raise _Skip(f"silent (below {cfg.silence_dbfs:g} dBFS)")
         if self.separator is not None:
             wav = np.asarray(self.separator(wav, rate), dtype=np.float32)
+            _check_finite(wav, " after vocal removal")
         length = round(cfg.segment_s * rate)
         starts = range(0, wav.shape[1], length)
         for segment, start in enumerate(starts):
@@ -261,6 +281,14 @@ class _UnitJob:
 
 class _Skip(Exception):
     """An input that is readable but unusable; the message is the reason recorded."""
+
+
+def _check_finite(wav: np.ndarray, where: str = "") -> None:
+    """A _Skip for audio with NaN or infinite samples, which no codec can encode."""
+    nan, inf = int(np.isnan(wav).sum()), int(np.isinf(wav).sum())
+    if nan or inf:
+        counts = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise _Skip(f"non-finite samples{where} ({counts})")
 
 
 def _dbfs(wav: np.ndarray) -> float:
