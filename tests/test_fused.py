@@ -1,4 +1,13 @@
-"""The C++ decoding kernels against their PyTorch reference twins."""
+"""The C++ decoding kernels against their PyTorch reference twins, and against wrong arguments."""
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+from unittest import mock
 
 import pytest
 import torch
@@ -221,3 +230,277 @@ def test_block_step_kernel_attends_like_the_modules_when_text_is_masked():
         fused, _ = block.step(x, layer.clone())
         expected, _ = block._step_modules(x, layer.clone())
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+
+
+# -- wrong arguments ------------------------------------------------------------------------------
+# Each mismatch must be one clear error on every path: the PyTorch reference, the fused path (whose
+# Python wrapper checks the batch first, so that both raise the same ValueError), and the kernel
+# called directly (its own checks: a RuntimeError naming the argument). Before those checks some of
+# these calls read and wrote out of bounds, and one aborted the interpreter ("double free or
+# corruption"), so the fused and kernel paths run in a subprocess: a regression fails these tests
+# instead of killing pytest. No refused call may have changed the state.
+
+HEADS, HEADDIM, D_STATE, NGROUPS, WIDTH = 4, 8, 16, 2, 4
+D_INNER = HEADS * HEADDIM
+CONV_DIM = D_INNER + 2 * NGROUPS * D_STATE  # 96
+
+# block_step's arguments by name, in the order Block._step_fused passes them
+BLOCK_STEP_ARGS = (
+    *("x", "conv_state", "ssm_state", "keys", "values", "key_mask", "mixer_norm", "mixer_eps", "in_proj"),
+    *("in_bias", "conv_weight", "conv_bias", "dt_bias", "A_log", "D", "gate_norm", "ngroups", "gate_eps"),
+    *("out_proj", "out_bias", "cross_norm", "cross_eps", "q_proj", "cross_out", "mlp_norm", "mlp_eps", "fc1"),
+    *("fc1_bias", "fc2", "fc2_bias"),
+)
+TEXT_FIELDS = {"keys": "k", "values": "v", "key_mask": "mask"}  # block_step's names for CrossState's
+
+Call = Callable[[], object]
+
+
+def _step_args(**changes) -> dict:
+    """mamba2_step's arguments at batch 2, with `changes`."""
+    g = torch.Generator().manual_seed(0)
+    args = dict(
+        zxbcdt=torch.randn(2, D_INNER + CONV_DIM + HEADS, generator=g),
+        conv_state=torch.randn(2, CONV_DIM, WIDTH, generator=g),
+        conv_weight=torch.randn(CONV_DIM, 1, WIDTH, generator=g),
+        conv_bias=torch.randn(CONV_DIM, generator=g),
+        dt_bias=torch.randn(HEADS, generator=g),
+        A_log=torch.randn(HEADS, generator=g),
+        D=torch.randn(HEADS, generator=g),
+        norm_weight=torch.randn(D_INNER, generator=g),
+        ssm_state=torch.randn(2, HEADS, HEADDIM, D_STATE, generator=g),
+        ngroups=NGROUPS,
+        eps=1e-5,
+    )
+    return {**args, **changes}
+
+
+def _mamba2_step(path: str, **changes) -> tuple[Call, list[torch.Tensor]]:
+    """mamba2_step_ref, mamba2_step_fused or the kernel's mamba2_step on `changes`; and the state."""
+    args = _step_args(**changes)
+    step = {"reference": mamba2_step_ref, "fused": mamba2_step_fused}.get(path) or cpu_kernels.extension().mamba2_step
+    return (lambda: step(**args)), [args["conv_state"], args["ssm_state"]]
+
+
+def _cross_lm() -> MusicLM:
+    """A SiMBA LM whose blocks attend to the text and have an MLP (the demo's layout, d_model 40)."""
+    torch.manual_seed(0)
+    return MusicLM(load_preset("tiny-simba", [*SMALL_SIMBA, "conditioning=cross", "backbone.num_heads=5"])).eval()
+
+
+def _block_step(path: str, rows: int = 2, in_proj_width: int | None = None, **changes) -> tuple[Call, list]:
+    """A block's step on x of `rows` rows against a state of 2 (6 text keys, the last one masked):
+    Block._step_modules without the kernels (reference), Block._step_fused (fused), or block_step
+    with `changes` by name (kernel; the text's keys, values and key_mask for the other paths too).
+    in_proj's weight `in_proj_width` wide if given."""
+    lm = _cross_lm()
+    block = lm.backbone.layers[0]
+    with torch.no_grad():
+        _, lm_state = lm.prefill(torch.randn(2, 6, lm.cfg.text_dim))
+    if in_proj_width is not None:
+        block.mixer.in_proj.weight.data = torch.randn(block.mixer.in_proj.out_features, in_proj_width)
+    state = lm_state.backbone.layers[0]
+    mask = torch.ones(2, state.cross.k.shape[2], dtype=torch.bool)
+    mask[:, -1] = False
+    text = {"k": state.cross.k, "v": state.cross.v, "mask": mask}
+    x, watched = torch.randn(rows, 40), [state.mixer.conv, state.mixer.ssm]
+    if path == "kernel":
+        values = (x, *watched, *text.values(), *block._block_kernel.weights)
+        args = {**dict(zip(BLOCK_STEP_ARGS, values, strict=True)), **changes}
+        return (lambda: cpu_kernels.extension().block_step(**args)), watched
+    state = BlockState(state.mixer, CrossState(**{**text, **{TEXT_FIELDS[k]: v for k, v in changes.items()}}))
+    if path == "fused":
+        return (lambda: block._step_fused(x, state)), watched
+
+    def modules():
+        with mock.patch.object(cpu_kernels, "available", lambda: False):
+            return block._step_modules(x, state)
+
+    return modules, watched
+
+
+def _lm_step(path: str) -> tuple[Call, list[torch.Tensor]]:
+    """MusicLM.step with one row of tokens on a state of two, fused or without the kernels."""
+    lm = _cross_lm()
+    with torch.no_grad():
+        _, state = lm.prefill(torch.randn(2, 6, lm.cfg.text_dim))
+    tokens = torch.zeros(1, lm.cfg.num_codebooks, dtype=torch.long)
+
+    def step():
+        with mock.patch.object(cpu_kernels, "available", lambda: path == "fused"):
+            return lm.step(tokens, state)
+
+    return step, state.tensors()
+
+
+class Mismatch(NamedTuple):
+    build: Callable[[str], tuple[Call, list[torch.Tensor]]]  # path -> (the call, the state it may not change)
+    errors: dict[str, tuple[type[Exception], str]]  # path -> the error, and a pattern its message matches
+
+
+def _everywhere(build, value_error: str, kernel_error: str) -> Mismatch:
+    """The same ValueError from the reference and the fused path; the kernel's own RuntimeError."""
+    errors = {"reference": (ValueError, value_error), "fused": (ValueError, value_error)}
+    return Mismatch(build, {**errors, "kernel": (RuntimeError, kernel_error)})
+
+
+def _kernel_only(build, kernel_error: str) -> Mismatch:
+    return Mismatch(lambda path: build(), {"kernel": (RuntimeError, kernel_error)})
+
+
+_STATE_ROWS = r"decoding step: {} input rows on a state of {} \(conv_state\) and 2 \(ssm_state\)"
+_IN_PROJ = (
+    r"block_step: in_proj must be a contiguous fp32 or bf16 CPU tensor of shape \(\*, 40\), not Float \(318, 41\)"
+)
+MISMATCHES = {
+    "conv batch vs ssm batch": _everywhere(
+        lambda path: _mamba2_step(path, conv_state=torch.randn(1, CONV_DIM, WIDTH)),
+        _STATE_ROWS.format(2, 1),
+        r"mamba2_step: zxbcdt has 2 rows, conv_state \(batch, channels, width\) is \(1, 96, 4\) and ssm_state "
+        r"\(batch, heads, head_dim, d_state\) \(2, 4, 8, 16\): the state needs one input row per batch row",
+    ),
+    "conv_weight width": _everywhere(
+        lambda path: _mamba2_step(path, conv_weight=torch.randn(CONV_DIM, 1, WIDTH - 1)),
+        r"decoding step: conv_state \(2, 96, 4\) does not fit conv_weight \(96, 1, 3\)",
+        r"mamba2_step: conv_weight .* of shape \(96, 1, 4\), not Float \(96, 1, 3\)",
+    ),
+    "block_step: x rows vs state rows": _everywhere(
+        lambda path: _block_step(path, rows=1),
+        _STATE_ROWS.format(1, 2),
+        r"block_step: x has 1 rows, conv_state .* \(2, 228, 4\) and ssm_state .* \(2, 10, 8, 37\)",
+    ),
+    "lm.step: token rows vs state rows": Mismatch(
+        _lm_step, {"reference": (ValueError, _STATE_ROWS.format(1, 2)), "fused": (ValueError, _STATE_ROWS.format(1, 2))}
+    ),
+    "text keys rows": _everywhere(
+        lambda path: _block_step(path, keys=torch.randn(1, 5, 6, 8), values=torch.randn(1, 5, 6, 8)),
+        r"decoding step: 2 input rows against text keys of 1 rows and values of 1",
+        r"block_step: keys must be an fp32 CPU tensor of shape \(2, \*, \*, \*\), not Float \(1, 5, 6, 8\)",
+    ),
+    "text mask shape": _everywhere(
+        lambda path: _block_step(path, key_mask=torch.ones(2, 7, dtype=torch.bool)),
+        r"decoding step: a text mask \(2, 7\) for 2 rows of 6 text keys",
+        r"block_step: key_mask must be a bool CPU tensor of shape \(2, 6\), not Bool \(2, 7\)",
+    ),
+    "in_proj width": Mismatch(  # the modules' own error: weights are the model's, not the caller's
+        lambda path: _block_step(path, in_proj_width=41),
+        {
+            "reference": (RuntimeError, r"mat1 and mat2 shapes cannot be multiplied"),
+            "fused": (RuntimeError, _IN_PROJ),
+            "kernel": (RuntimeError, _IN_PROJ),
+        },
+    ),
+    # every other size the kernels index with, checked by them alone
+    **{
+        f"mamba2_step {name}": _kernel_only(lambda change=change: _mamba2_step("kernel", **change), pattern)
+        for name, change, pattern in [
+            ("zxbcdt rows", dict(zxbcdt=torch.randn(1, 132)), r"zxbcdt has 1 rows"),
+            (
+                "zxbcdt width",
+                dict(zxbcdt=torch.randn(2, 133)),
+                r"zxbcdt's width \(133\) must be z 32 \+ xBC 96 \+ dt 4",
+            ),
+            ("zxbcdt strided", dict(zxbcdt=torch.randn(132, 2).T), r"zxbcdt must be a contiguous .* strided"),
+            ("conv_state channels", dict(conv_state=torch.randn(2, 95, WIDTH)), r"conv_state .*\(2, 96, \*\)"),
+            ("conv_state strided", dict(conv_state=torch.randn(2, WIDTH, CONV_DIM).transpose(1, 2)), r"conv_state"),
+            ("conv_weight channels", dict(conv_weight=torch.randn(95, WIDTH)), r"conv_weight .*\(96, 4\)"),
+            ("conv_weight dtype", dict(conv_weight=torch.randn(CONV_DIM, 1, WIDTH).double()), r"conv_weight .*Double"),
+            ("conv_bias", dict(conv_bias=torch.randn(95)), r"conv_bias .*\(96,\)"),
+            ("dt_bias", dict(dt_bias=torch.randn(5)), r"dt_bias .*\(4,\)"),
+            ("A_log", dict(A_log=torch.randn(3)), r"A_log .*\(4,\)"),
+            ("D", dict(D=torch.randn(HEADS, 1)), r"D .*\(4,\)"),
+            ("norm_weight", dict(norm_weight=torch.randn(31)), r"norm_weight .*\(32,\)"),
+            ("ngroups", dict(ngroups=3), r"ngroups \(3\) must divide the 4 heads"),
+            ("ssm_state dtype", dict(ssm_state=torch.randn(2, HEADS, HEADDIM, D_STATE).half()), r"ssm_state .*Half"),
+        ]
+    },
+    **{
+        f"block_step {name}": _kernel_only(lambda change=change: _block_step("kernel", **change), pattern)
+        for name, change, pattern in [
+            ("x width", dict(x=torch.randn(2, 41)), r"x .*\(\*, 40\), not Float \(2, 41\)"),
+            ("x rows", dict(x=torch.randn(9, 40)), r"x must have 1 to \d rows, not 9"),
+            ("mixer_norm", dict(mixer_norm=torch.ones(39)), r"x .*\(\*, 39\)"),
+            ("in_bias", dict(in_bias=torch.zeros(3)), r"in_bias .*\(\d+,\)"),
+            ("gate_norm", dict(gate_norm=torch.ones(3)), r"gate_norm .*\(80,\)"),
+            ("out_proj", dict(out_proj=torch.randn(40, 79)), r"out_proj .*\(40, 80\)"),
+            ("out_bias", dict(out_bias=torch.zeros(41)), r"out_bias .*\(40,\)"),
+            ("cross_norm", dict(cross_norm=torch.ones(41)), r"cross_norm .*\(40,\)"),
+            ("q_proj", dict(q_proj=torch.randn(40, 39)), r"q_proj .*\(40, 40\)"),
+            ("cross_out", dict(cross_out=torch.randn(39, 40)), r"cross_out .*\(40, 40\)"),
+            (
+                "keys heads",
+                dict(keys=torch.randn(2, 4, 6, 8), values=torch.randn(2, 4, 6, 8)),
+                r"heads x head_dim = 40",
+            ),
+            ("values", dict(values=torch.randn(2, 5, 5, 8)), r"values .*\(2, 5, 6, 8\)"),
+            ("key_mask dtype", dict(key_mask=torch.ones(2, 6)), r"key_mask must be a bool"),
+            (
+                "key_mask without text",
+                dict(keys=None, values=None, q_proj=None, cross_norm=None, cross_out=None),
+                r"key_mask only",
+            ),
+            ("mlp_norm", dict(mlp_norm=torch.ones(39)), r"mlp_norm .*\(40,\)"),
+            ("fc1", dict(fc1=torch.randn(72, 41)), r"fc1 .*\(\*, 40\)"),
+            ("fc1_bias", dict(fc1_bias=torch.zeros(71)), r"fc1_bias .*\(72,\)"),
+            ("fc2", dict(fc2=torch.randn(40, 71)), r"fc2 .*\(40, 72\)"),
+            ("fc2_bias", dict(fc2_bias=torch.zeros(39)), r"fc2_bias .*\(40,\)"),
+            ("an MLP without fc2", dict(fc2=None), r"an MLP needs its mlp_norm, fc1 and fc2"),
+        ]
+    },
+}
+
+
+def _outcome(case: str, path: str) -> dict:
+    """What the call of `case` on `path` raised, and whether it changed the state."""
+    call, state = MISMATCHES[case].build(path)
+    before = [t.clone() for t in state]
+    error = message = None
+    try:
+        with torch.no_grad():
+            call()
+    except Exception as err:
+        error, message = type(err).__name__, str(err)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, state, strict=True))
+    return {"case": case, "path": path, "error": error, "message": message, "state_changed": changed}
+
+
+# Run in a subprocess: the crash-prone paths, one JSON line per call as each completes.
+_ISOLATED = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_fused
+for case, mismatch in test_fused.MISMATCHES.items():
+    for path in ("fused", "kernel"):
+        if path in mismatch.errors:
+            print("calling:", case, path, file=sys.stderr, flush=True)  # the last line if it crashes
+            print(json.dumps(test_fused._outcome(case, path)), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def isolated_outcomes() -> tuple[dict, subprocess.CompletedProcess]:
+    run = subprocess.run(
+        [sys.executable, "-c", _ISOLATED, str(Path(__file__).parent)], capture_output=True, text=True, timeout=600
+    )
+    outcomes = [json.loads(line) for line in run.stdout.splitlines()]
+    return {(o["case"], o["path"]): o for o in outcomes}, run
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_a_mismatch_is_one_clear_error_on_every_path(case, isolated_outcomes):
+    outcomes, run = isolated_outcomes
+    for path, (error, pattern) in MISMATCHES[case].errors.items():
+        outcome = _outcome(case, path) if path == "reference" else outcomes.get((case, path))
+        assert outcome is not None, f"the subprocess died (exit {run.returncode}): {run.stderr[-2000:]}"
+        assert (outcome["error"], outcome["state_changed"]) == (error.__name__, False), (path, outcome)
+        assert re.search(pattern, outcome["message"]), (path, outcome["message"])
+    if MISMATCHES[case].errors.get("reference", (None,))[0] is ValueError:  # the very same error
+        assert _outcome(case, "reference")["message"] == outcomes[case, "fused"]["message"]
+
+
+def test_block_step_takes_its_arguments_by_name():
+    """The names in BLOCK_STEP_ARGS are the kernel's, in the order Block._step_fused passes them."""
+    by_name, _ = _block_step("kernel")
+    positional, _ = _block_step("fused")
+    with torch.no_grad():
+        torch.testing.assert_close(by_name(), positional(), rtol=0, atol=0)

@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from ssmttm.backbones.attention import CrossAttention, CrossState
 from ssmttm.backbones.base import Backbone, BatchState, Context, Mixer
-from ssmttm.backbones.mamba2 import Mamba2
+from ssmttm.backbones.mamba2 import Mamba2, Mamba2State
 from ssmttm.config import BackboneConfig
 from ssmttm.ops import cpu_kernels
 from ssmttm.ops.linear import linear
+from ssmttm.ops.mamba2_step import check_rows
 
 
 class MLP(nn.Module):
@@ -77,6 +78,7 @@ class Block(nn.Module):
         return self._step_modules(x, state)
 
     def _step_modules(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
+        _check_rows(x, state)
         y, mixer_state = self.mixer.step(self.mixer_norm(x), state.mixer)
         return self._rest(x + self._drop(y), state.cross), BlockState(mixer_state, state.cross)
 
@@ -103,6 +105,7 @@ class Block(nn.Module):
         """`_step_modules` in one C++ call (ops/cpu_kernels.cpp); the mixer's state is updated in place."""
         kernel, state, memory = self._block_kernel, block_state.mixer, block_state.cross
         assert kernel is not None
+        _check_rows(x, block_state)  # first: a batch mismatch is the modules' ValueError, not the kernel's RuntimeError
         text = (None, None, None) if memory is None else (memory.k, memory.v, memory.mask)
         return cpu_kernels.extension().block_step(x.contiguous(), state.conv, state.ssm, *text, *kernel.weights)
 
@@ -169,6 +172,29 @@ class _BlockKernel(NamedTuple):
     linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
     norm_weights: tuple[Tensor, ...]  # each must be fp32
     weights: tuple  # block_step's arguments after the state's
+
+
+def _check_rows(x: Tensor, state: BlockState) -> None:
+    """Raise ValueError unless x has one row per row of a Mamba-2 state and of the text memory.
+
+    Both step paths check first, with the same words: the modules would broadcast one row over the
+    other's batch (and the kernel read past the smaller). Shape comparisons only, in the decoding loop."""
+    rows = x.shape[0]
+    if isinstance(state.mixer, Mamba2State):
+        check_rows(rows, state.mixer.conv, state.mixer.ssm)
+    memory = state.cross
+    if memory is None:
+        return
+    if not rows == memory.k.shape[0] == memory.v.shape[0]:
+        raise ValueError(
+            f"decoding step: {rows} input rows against text keys of {memory.k.shape[0]} rows and values of "
+            f"{memory.v.shape[0]}; a step takes one input row per text row"
+        )
+    if memory.mask is not None and memory.mask.shape != (rows, memory.k.shape[2]):
+        raise ValueError(
+            f"decoding step: a text mask {tuple(memory.mask.shape)} for {rows} rows of {memory.k.shape[2]} "
+            f"text keys; it must be ({rows}, {memory.k.shape[2]})"
+        )
 
 
 def _kernel_reads_memory(memory: CrossState) -> bool:

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 static inline float silu(float v) { return v / (1.f + std::exp(-v)); }
@@ -210,6 +211,87 @@ inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float dec
 }
 #endif
 
+// Argument checks. The loops below index raw pointers with sizes read off their tensors, so every
+// size a loop uses is checked against every tensor it indexes, with the dtype, device and layout of
+// each: a mismatch is a RuntimeError that names the argument, not a read or write out of bounds (a
+// conv_state of batch 1 beside an SSM state of batch 2 once ended in "double free or corruption").
+// They run once per call, before anything is written, so a refused call leaves the state as it was.
+enum class Dtype { fp32, fp32_or_bf16, boolean };
+
+static std::string shape_text(c10::IntArrayRef shape) {  // (2, 104, *): -1 stands for any size
+  std::string text = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    text += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+  }
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// `t` is a `dtype` CPU tensor of `shape` (-1: any size), contiguous unless its loop reads the strides.
+static void expect(const char* fn, const char* name, const torch::Tensor& t, c10::IntArrayRef shape, Dtype dtype,
+                   bool contiguous = true) {
+  const auto type = t.scalar_type();
+  const bool dtype_ok = dtype == Dtype::boolean ? type == torch::kBool
+                                                : type == torch::kFloat32 ||
+                                                      (dtype == Dtype::fp32_or_bf16 && type == torch::kBFloat16);
+  bool shape_ok = t.dim() == static_cast<int64_t>(shape.size());
+  for (size_t i = 0; shape_ok && i < shape.size(); ++i) shape_ok = shape[i] < 0 || t.size(i) == shape[i];
+  TORCH_CHECK(dtype_ok && shape_ok && t.device().is_cpu() && (!contiguous || t.is_contiguous()), fn, ": ", name,
+              " must be ", contiguous ? "a contiguous " : dtype == Dtype::boolean ? "a " : "an ",
+              dtype == Dtype::boolean ? "bool" : dtype == Dtype::fp32 ? "fp32" : "fp32 or bf16", " CPU tensor of shape ",
+              shape_text(shape), ", not ", type, " ", shape_text(t.sizes()), t.is_contiguous() ? "" : " strided",
+              t.device().is_cpu() ? "" : " on " + t.device().str());
+}
+
+// A weight (out, in) as linear_into reads it; out -1: any.
+static void check_weight(const char* fn, const char* name, const torch::Tensor& weight, int64_t out, int64_t in) {
+  expect(fn, name, weight, {out, in}, Dtype::fp32_or_bf16);
+}
+
+// A bias of `out` values in any strides (add_bias converts what it cannot read in place), or none.
+static void check_bias(const char* fn, const char* name, const c10::optional<torch::Tensor>& bias, int64_t out) {
+  if (bias.has_value()) expect(fn, name, *bias, {out}, Dtype::fp32_or_bf16, false);
+}
+
+// The sizes of a Mamba-2 step, from the SSM state (B, H, P, N) and ngroups.
+struct Mamba2Dims {
+  int64_t batch, heads, hdim, nstate, ngroups, conv_dim, width, d_inner, row;
+};
+
+// `rows` inputs (`input`: zxbcdt, or block_step's x) of `row` values each (`row_name`: zxbcdt's width,
+// or in_proj's outputs) against the layer's state and parameters; `norm_name` is what the caller
+// calls the gated norm's weight.
+static Mamba2Dims check_mamba2(const char* fn, const char* input, const char* row_name, int64_t rows, int64_t row,
+                               const torch::Tensor& conv_state, const torch::Tensor& conv_weight,
+                               const torch::Tensor& conv_bias, const torch::Tensor& dt_bias, const torch::Tensor& A_log,
+                               const torch::Tensor& D, const char* norm_name, const torch::Tensor& norm_weight,
+                               const torch::Tensor& ssm_state, int64_t ngroups) {
+  TORCH_CHECK(conv_state.dim() == 3 && ssm_state.dim() == 4 && conv_state.size(0) == rows && ssm_state.size(0) == rows,
+              fn, ": ", input, " has ", rows, " rows, conv_state (batch, channels, width) is ",
+              shape_text(conv_state.sizes()), " and ssm_state (batch, heads, head_dim, d_state) ",
+              shape_text(ssm_state.sizes()), ": the state needs one input row per batch row");
+  expect(fn, "ssm_state", ssm_state, {rows, -1, -1, -1}, Dtype::fp32_or_bf16);
+  const int64_t heads = ssm_state.size(1), hdim = ssm_state.size(2), nstate = ssm_state.size(3);
+  TORCH_CHECK(ngroups >= 1 && heads % ngroups == 0, fn, ": ngroups (", ngroups, ") must divide the ", heads,
+              " heads of ssm_state");
+  const int64_t d_inner = heads * hdim, conv_dim = d_inner + 2 * ngroups * nstate;
+  expect(fn, "conv_state", conv_state, {rows, conv_dim, -1}, Dtype::fp32);
+  const int64_t width = conv_state.size(2);
+  TORCH_CHECK(width >= 1, fn, ": conv_state must hold a window of at least one input");
+  if (conv_weight.dim() == 2) {
+    expect(fn, "conv_weight", conv_weight, {conv_dim, width}, Dtype::fp32);
+  } else {  // as nn.Conv1d stores it
+    expect(fn, "conv_weight", conv_weight, {conv_dim, 1, width}, Dtype::fp32);
+  }
+  expect(fn, "conv_bias", conv_bias, {conv_dim}, Dtype::fp32);
+  expect(fn, "dt_bias", dt_bias, {heads}, Dtype::fp32);
+  expect(fn, "A_log", A_log, {heads}, Dtype::fp32);
+  expect(fn, "D", D, {heads}, Dtype::fp32);
+  expect(fn, norm_name, norm_weight, {d_inner}, Dtype::fp32);
+  TORCH_CHECK(row == d_inner + conv_dim + heads, fn, ": ", row_name, " (", row, ") must be z ", d_inner, " + xBC ",
+              conv_dim, " + dt ", heads, " = ", d_inner + conv_dim + heads, " for this state");
+  return {rows, heads, hdim, nstate, ngroups, conv_dim, width, d_inner, row};
+}
+
 // Step 2 of mamba2_step for a state stored as T (float, or uint16_t holding bf16).
 struct StateStep {
   const float *in, *xbc, *dtb, *alog, *skip;
@@ -235,20 +317,14 @@ struct StateStep {
   }
 };
 
-torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch::Tensor conv_weight,
-                          torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
-                          torch::Tensor norm_weight, torch::Tensor ssm_state, int64_t ngroups, double eps) {
-  for (const auto& t : {zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight}) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu(),
-                "mamba2_step: contiguous fp32 CPU tensors only");
-  }
-  TORCH_CHECK((ssm_state.scalar_type() == torch::kFloat32 || ssm_state.scalar_type() == torch::kBFloat16) &&
-                  ssm_state.is_contiguous() && ssm_state.device().is_cpu(),
-              "mamba2_step: a contiguous fp32 or bf16 CPU SSM state");
-  const int64_t batch = ssm_state.size(0), heads = ssm_state.size(1), hdim = ssm_state.size(2);
-  const int64_t nstate = ssm_state.size(3), width = conv_state.size(2), conv_dim = conv_state.size(1);
-  const int64_t d_inner = heads * hdim, row = zxbcdt.size(1), heads_per_group = heads / ngroups;
-  TORCH_CHECK(conv_dim == d_inner + 2 * ngroups * nstate && row == d_inner + conv_dim + heads, "mamba2_step: shapes");
+// mamba2_step on arguments check_mamba2 has passed (and zxbcdt, contiguous fp32, with them).
+static torch::Tensor mamba2_checked(const Mamba2Dims& dims, const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
+                                    const torch::Tensor& conv_weight, const torch::Tensor& conv_bias,
+                                    const torch::Tensor& dt_bias, const torch::Tensor& A_log, const torch::Tensor& D,
+                                    const torch::Tensor& norm_weight, const torch::Tensor& ssm_state, double eps) {
+  const int64_t batch = dims.batch, heads = dims.heads, hdim = dims.hdim, nstate = dims.nstate;
+  const int64_t width = dims.width, conv_dim = dims.conv_dim, d_inner = dims.d_inner, row = dims.row;
+  const int64_t ngroups = dims.ngroups, heads_per_group = heads / ngroups;
 
   auto conv_out = torch::empty({batch, conv_dim}, zxbcdt.options());
   auto y = torch::empty({batch, d_inner}, zxbcdt.options());
@@ -297,6 +373,15 @@ torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch:
     }
   });
   return y;
+}
+
+torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch::Tensor conv_weight,
+                          torch::Tensor conv_bias, torch::Tensor dt_bias, torch::Tensor A_log, torch::Tensor D,
+                          torch::Tensor norm_weight, torch::Tensor ssm_state, int64_t ngroups, double eps) {
+  expect("mamba2_step", "zxbcdt", zxbcdt, {-1, -1}, Dtype::fp32);
+  const auto dims = check_mamba2("mamba2_step", "zxbcdt", "zxbcdt's width", zxbcdt.size(0), zxbcdt.size(1), conv_state,
+                                 conv_weight, conv_bias, dt_bias, A_log, D, "norm_weight", norm_weight, ssm_state, ngroups);
+  return mamba2_checked(dims, zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, ssm_state, eps);
 }
 
 // linear_rows: y = x W^T + b for a few fp32 rows x and fp32 or bf16 weights W, all rows of x in one
@@ -506,19 +591,11 @@ static void linear_into(const torch::Tensor& weight, const float* X, float* Y, i
   if (padded > rows) std::memcpy(Y, ypad.data(), sizeof(float) * rows * out);
 }
 
-static void check_weight(const torch::Tensor& weight, int64_t in, const char* what) {
-  const auto dtype = weight.scalar_type();
-  TORCH_CHECK((dtype == torch::kFloat32 || dtype == torch::kBFloat16) && weight.is_contiguous() &&
-                  weight.device().is_cpu() && weight.dim() == 2 && weight.size(1) == in,
-              what, ": contiguous fp32 or bf16 CPU weights of width ", in);
-}
-
 // Y (rows, out) += bias, the bias fp32 or bf16 (cast_linear_weights casts biases with the weights).
 // A bf16 bias is widened in the loop: converting it with `to` allocated a tensor and went through
 // ATen's dispatch, ~40 us a call in a decoding step (fc1's alone: 0.9 ms of a simba-300m step).
 static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t rows, int64_t out) {
   if (!bias.has_value()) return;
-  TORCH_CHECK(bias->numel() == out && bias->device().is_cpu(), "a bias of ", out, " values on the CPU");
   const auto add = [&](const auto* bv) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t o = 0; o < out; ++o) Y[r * out + o] += load_fp32(bv, o);  // bf16 widened
@@ -532,10 +609,14 @@ static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t
 }
 
 torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MAX_ROWS && x.device().is_cpu(),
+              "linear_rows: x must be a CPU tensor of 1 to ", MAX_ROWS, " rows, not ", shape_text(x.sizes()),
+              x.device().is_cpu() ? "" : " on " + x.device().str());
   x = x.contiguous().to(torch::kFloat32);
-  const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
-  check_weight(weight, in, "linear_rows");
-  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, "linear_rows: 1 to ", MAX_ROWS, " rows");
+  const int64_t rows = x.size(0), in = x.size(1);
+  check_weight("linear_rows", "weight", weight, -1, in);
+  const int64_t out = weight.size(0);
+  check_bias("linear_rows", "bias", bias, out);
   auto y = torch::empty({rows, out}, x.options());
   linear_into(weight, x.data_ptr<float>(), y.data_ptr<float>(), rows, in);
   add_bias(bias, y.data_ptr<float>(), rows, out);
@@ -618,42 +699,43 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tenso
                          c10::optional<torch::Tensor> mlp_norm, double mlp_eps, c10::optional<torch::Tensor> fc1,
                          c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
                          c10::optional<torch::Tensor> fc2_bias) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MAX_ROWS, "block_step: x (1 to ", MAX_ROWS, " rows, d)");
-  const int64_t rows = x.size(0), d = x.size(1), d_inner = out_proj.size(1);
-  const bool mlp = mlp_norm.has_value();  // a Mamba-2 stack's blocks have none
-  TORCH_CHECK(mlp == fc1.has_value() && mlp == fc2.has_value(), "block_step: an MLP needs its norm, fc1 and fc2");
-  for (const auto& t : mlp ? std::vector<torch::Tensor>{x, mixer_norm, *mlp_norm} : std::vector<torch::Tensor>{x, mixer_norm}) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu() && (t.dim() == 2 || t.numel() == d),
-                "block_step: contiguous fp32 CPU activations and norm weights of width ", d);
-  }
-  check_weight(in_proj, d, "block_step in_proj");
-  check_weight(out_proj, d_inner, "block_step out_proj");
-  TORCH_CHECK(out_proj.size(0) == d, "block_step: out_proj gives ", out_proj.size(0), " outputs, not ", d);
+  const char* fn = "block_step";
+  expect(fn, "mixer_norm", mixer_norm, {-1}, Dtype::fp32);
+  const int64_t d = mixer_norm.size(0);  // d_model
+  expect(fn, "x", x, {-1, d}, Dtype::fp32);
+  const int64_t rows = x.size(0);
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, fn, ": x must have 1 to ", MAX_ROWS, " rows, not ", rows);
+  check_weight(fn, "in_proj", in_proj, -1, d);
+  check_bias(fn, "in_bias", in_bias, in_proj.size(0));
+  const auto dims = check_mamba2(fn, "x", "in_proj's outputs", rows, in_proj.size(0), conv_state, conv_weight, conv_bias,
+                                 dt_bias, A_log, D, "gate_norm", gate_norm, ssm_state, ngroups);
+  const int64_t d_inner = dims.d_inner;
+  check_weight(fn, "out_proj", out_proj, d, d_inner);
+  check_bias(fn, "out_bias", out_bias, d);
   const bool cross = cross_norm.has_value();  // cross-attention to the text, between mixer and MLP
   TORCH_CHECK(cross == q_proj.has_value() && cross == keys.has_value() && cross == values.has_value() &&
-                  cross == cross_out.has_value(),
-              "block_step: cross-attention needs its norm, q_proj, keys, values and out_proj");
+                  cross == cross_out.has_value() && (cross || !key_mask.has_value()),
+              fn, ": cross-attention needs its cross_norm, q_proj, keys, values and cross_out (and key_mask only with them)");
   if (cross) {
-    check_weight(*q_proj, d, "block_step q_proj");
-    check_weight(*cross_out, d, "block_step cross out_proj");
-    TORCH_CHECK(cross_norm->scalar_type() == torch::kFloat32 && cross_norm->is_contiguous() && cross_norm->numel() == d,
-                "block_step: a contiguous fp32 cross-attention norm weight of width ", d);
-    for (const auto& t : {*keys, *values}) {
-      TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && t.dim() == 4 && t.size(0) == rows &&
-                      t.size(1) * t.size(3) == d && t.sizes() == keys->sizes(),
-                  "block_step: fp32 CPU keys and values (rows, heads, text, head_dim)");
-    }
-    TORCH_CHECK(q_proj->size(0) == d && cross_out->size(0) == d, "block_step: cross-attention projections");
-    TORCH_CHECK(!key_mask.has_value() || (key_mask->scalar_type() == torch::kBool && key_mask->device().is_cpu() &&
-                                          key_mask->dim() == 2 &&
-                                          key_mask->size(0) == rows && key_mask->size(1) == keys->size(2)),
-                "block_step: a bool key mask (rows, text)");
+    expect(fn, "cross_norm", *cross_norm, {d}, Dtype::fp32);
+    check_weight(fn, "q_proj", *q_proj, d, d);
+    check_weight(fn, "cross_out", *cross_out, d, d);
+    expect(fn, "keys", *keys, {rows, -1, -1, -1}, Dtype::fp32, false);  // cross_attend reads the strides
+    TORCH_CHECK(keys->size(1) * keys->size(3) == d, fn, ": keys (rows, heads, text, head_dim) ",
+                shape_text(keys->sizes()), " must have heads x head_dim = ", d);
+    expect(fn, "values", *values, keys->sizes(), Dtype::fp32, false);
+    if (key_mask.has_value()) expect(fn, "key_mask", *key_mask, {rows, keys->size(2)}, Dtype::boolean, false);
   }
-  const int64_t hidden = mlp ? fc1->size(0) : 0;
+  const bool mlp = mlp_norm.has_value();  // a Mamba-2 stack's blocks have none
+  TORCH_CHECK(mlp == fc1.has_value() && mlp == fc2.has_value(), fn, ": an MLP needs its mlp_norm, fc1 and fc2");
+  int64_t hidden = 0;
   if (mlp) {
-    check_weight(*fc1, d, "block_step fc1");
-    check_weight(*fc2, hidden, "block_step fc2");
-    TORCH_CHECK(fc2->size(0) == d, "block_step: fc2 gives ", fc2->size(0), " outputs, not ", d);
+    expect(fn, "mlp_norm", *mlp_norm, {d}, Dtype::fp32);
+    check_weight(fn, "fc1", *fc1, -1, d);
+    hidden = fc1->size(0);
+    check_bias(fn, "fc1_bias", fc1_bias, hidden);
+    check_weight(fn, "fc2", *fc2, d, hidden);
+    check_bias(fn, "fc2_bias", fc2_bias, d);
   }
 
   auto out = x.clone();  // the residual stream
@@ -664,8 +746,8 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tenso
   auto zxbcdt = torch::empty({rows, in_proj.size(0)}, x.options());
   linear_into(in_proj, normed.data(), zxbcdt.data_ptr<float>(), rows, d);
   add_bias(in_bias, zxbcdt.data_ptr<float>(), rows, in_proj.size(0));
-  const auto y = mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, gate_norm, ssm_state,
-                             ngroups, gate_eps);
+  const auto y = mamba2_checked(dims, zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, gate_norm,
+                                ssm_state, gate_eps);
   linear_into(out_proj, y.data_ptr<float>(), back.data(), rows, d_inner);
   add_bias(out_bias, back.data(), rows, d);
   for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
@@ -701,10 +783,21 @@ torch::Tensor activation(torch::Tensor x, const std::string& name) {
   return y;
 }
 
+// Named arguments: Python may pass them by name, and the checks' errors use the same names.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step");
-  m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights");
-  m.def("block_step", &block_step, "one Mamba-2 or SiMBA block's decoding step: the mixer, any cross-attention and any MLP, each after an RMSNorm");
-  m.def("activation", &activation, "silu or gelu over a tensor, as block_step applies them");
+  using py::arg;
+  m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step", arg("zxbcdt"), arg("conv_state"),
+        arg("conv_weight"), arg("conv_bias"), arg("dt_bias"), arg("A_log"), arg("D"), arg("norm_weight"),
+        arg("ssm_state"), arg("ngroups"), arg("eps"));
+  m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights", arg("x"), arg("weight"),
+        arg("bias") = py::none());
+  m.def("block_step", &block_step,
+        "one Mamba-2 or SiMBA block's decoding step: the mixer, any cross-attention and any MLP, each after an RMSNorm",
+        arg("x"), arg("conv_state"), arg("ssm_state"), arg("keys"), arg("values"), arg("key_mask"), arg("mixer_norm"),
+        arg("mixer_eps"), arg("in_proj"), arg("in_bias"), arg("conv_weight"), arg("conv_bias"), arg("dt_bias"),
+        arg("A_log"), arg("D"), arg("gate_norm"), arg("ngroups"), arg("gate_eps"), arg("out_proj"), arg("out_bias"),
+        arg("cross_norm"), arg("cross_eps"), arg("q_proj"), arg("cross_out"), arg("mlp_norm"), arg("mlp_eps"),
+        arg("fc1"), arg("fc1_bias"), arg("fc2"), arg("fc2_bias"));
+  m.def("activation", &activation, "silu or gelu over a tensor, as block_step applies them", arg("x"), arg("name"));
   m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }
