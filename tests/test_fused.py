@@ -1,6 +1,7 @@
 """The C++ decoding kernels against their PyTorch reference twins, and against wrong arguments."""
 
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -23,7 +24,18 @@ from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
 from ssmttm.ops.selective_scan import selective_scan_step
 from ssmttm.ops.ssd import ssd_step
 
-pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute)
+pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute), and an x86-64-v3 one
+
+# x86-64-v3's instructions (AVX2 and FMA among them): a CPU with these runs that build.
+X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+
+
+def _cpu_flags() -> set[str]:
+    return set(cpu_kernels._cpu_flags().split())
+
+
+def _runs_x86_64_v3() -> bool:
+    return platform.machine() == "x86_64" and _cpu_flags() >= X86_64_V3
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +43,31 @@ def _kernels_build():
     assert cpu_kernels.available(), "the kernels should build wherever the test suite runs"
 
 
+@pytest.fixture(params=["native", "x86-64-v3"])
+def kernels(request, monkeypatch):
+    """The decoding paths on this CPU's build of the kernels, and on an x86-64-v3 build (AVX2, no
+    AVX-512), so that the loops for CPUs without AVX-512 are tested on this one too. The second build
+    takes about 40 s once; it is cached beside the first."""
+    if request.param != "native" and not _runs_x86_64_v3():
+        pytest.skip("an x86-64-v3 build needs an x86-64-v3 CPU")
+    extension = cpu_kernels.extension(request.param)
+    monkeypatch.setattr(cpu_kernels, "extension", lambda: extension)
+    monkeypatch.setattr(cpu_kernels, "linear_max_rows", lambda: int(extension.linear_max_rows()))
+    return extension
+
+
+def test_the_kernels_take_8_rows_with_avx512_and_4_without():
+    """The native build on this CPU takes the AVX-512 branch where it has AVX-512 (8 rows a call); the
+    x86-64-v3 build never does (4 rows), whatever the CPU: the `kernels` fixture tests both branches."""
+    avx512 = _cpu_flags() >= {"avx512f", "avx512bw", "avx512vl"}
+    assert cpu_kernels.extension().linear_max_rows() == (8 if avx512 else 4)
+    if _runs_x86_64_v3():
+        assert cpu_kernels.extension("x86-64-v3").linear_max_rows() == 4
+
+
 @pytest.mark.parametrize(("batch", "ngroups", "d_state"), [(1, 1, 16), (3, 2, 16), (2, 1, 37)])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-def test_fused_step_equals_reference(batch, ngroups, d_state, state_dtype):
+def test_fused_step_equals_reference(kernels, batch, ngroups, d_state, state_dtype):
     # d_state 37: rows that end in a partial vector (the bf16 kernel's masked tail)
     heads, headdim, width = 4, 8, 4
     d_inner = heads * headdim
@@ -89,9 +123,9 @@ def test_a_bf16_state_step_is_the_fp32_step_rounded_once():
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width", [100, 120])
-def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, dtype, width):
+def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(kernels, rows, with_bias, dtype, width):
     if rows > cpu_kernels.linear_max_rows():
-        pytest.skip("this CPU's kernel takes at most 4 rows (no AVX-512)")
+        pytest.skip("this build of the kernels takes at most 4 rows (no AVX-512)")
     # Widths with a remainder after 16-wide vectors and after the bf16 loop's 32-wide chunks (4, and
     # 24: one whole and one masked 16-wide vector); 43 outputs: a multiple of none of 8, 4 and 2, the
     # weight rows the loops take at a time, so the single-row tail runs too.
@@ -108,7 +142,7 @@ def test_linear_kernel_equals_fp64_matmul_on_the_same_weights(rows, with_bias, d
 
 
 @pytest.mark.parametrize("name", ["silu", "gelu"])
-def test_kernel_activations_are_as_exact_as_torchs(name):
+def test_kernel_activations_are_as_exact_as_torchs(kernels, name):
     # block_step's silu and gelu (vectorised exp and erf with AVX-512) against the float64 function,
     # from far in the saturated tails through zero, 30003 values (a masked 3-wide tail). They may
     # be off by a few fp32 roundings, as torch's own are, and no more: a polynomial coefficient off
@@ -117,14 +151,14 @@ def test_kernel_activations_are_as_exact_as_torchs(name):
     g = torch.Generator().manual_seed(0)
     tails = torch.linspace(-120, 120, 20001)
     x = torch.cat([tails, torch.randn(9999, generator=g) * 3, torch.tensor([0.0, 1e-30, -1e-40])])
-    y = cpu_kernels.extension().activation(x, name)
+    y = kernels.activation(x, name)
     exact = ref(x.double())
     assert y.shape == x.shape and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), exact, atol=1.5e-6, rtol=5e-7)
     torch.testing.assert_close(ref(x).double(), exact, atol=1.5e-6, rtol=5e-7)  # torch's meets the same bound
 
 
-def test_more_rows_than_the_kernel_takes_go_to_the_matmul():
+def test_more_rows_than_the_kernel_takes_go_to_the_matmul(kernels):
     layer = torch.nn.Linear(64, 32)
     x = torch.randn(cpu_kernels.linear_max_rows() + 1, 64)
     with torch.no_grad():
@@ -154,11 +188,13 @@ SMALL_SIMBA = [*SMALL_MAMBA2, "backbone.mlp_hidden=72"]
         ("tiny-simba", [*SMALL_SIMBA, "conditioning=cross", "backbone.num_heads=5"]),  # the demo's layout
     ],
 )
-def test_block_step_kernel_decodes_like_the_modules(monkeypatch, rows, weight_dtype, state_dtype, preset, overrides):
+def test_block_step_kernel_decodes_like_the_modules(
+    kernels, monkeypatch, rows, weight_dtype, state_dtype, preset, overrides
+):
     """A whole SiMBA or Mamba-2 block in one C++ call against the same block run module by module
     (each of whose kernels has its own test above): logits and every state tensor, over several steps."""
     if rows > cpu_kernels.linear_max_rows():
-        pytest.skip("this CPU's kernels take at most 4 rows (no AVX-512)")
+        pytest.skip("this build of the kernels takes at most 4 rows (no AVX-512)")
     torch.manual_seed(0)
     lm = Generator(MusicLM(load_preset(preset, overrides)), weight_dtype=weight_dtype).lm
     with torch.no_grad():
@@ -213,7 +249,7 @@ def test_block_step_kernel_is_not_used_where_it_cannot_apply():
         assert not transformer.backbone.layers[0]._fused_step_applies(x, state.backbone.layers[0])
 
 
-def test_block_step_kernel_attends_like_the_modules_when_text_is_masked():
+def test_block_step_kernel_attends_like_the_modules_when_text_is_masked(kernels):
     """Cross-attention over a padded caption, and over a row whose every text position is masked
     (scaled_dot_product_attention gives zeros there; so must the kernel)."""
     torch.manual_seed(0)
