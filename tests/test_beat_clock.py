@@ -188,3 +188,15 @@ def test_a_saved_model_with_a_clock_generates_from_a_stated_tempo(tmp_path):
         model.lm.clock.weight.zero_()
     stated_silent, plain_silent = model.generate_codes(["jazz at 90 BPM", "jazz"], duration=0.5, seed=0)
     assert not torch.equal(stated, stated_silent) and torch.equal(plain, plain_silent)
+
+
+@pytest.mark.parametrize("kind", ["simba", "mamba", "transformer"])
+def test_a_step_with_fewer_rows_than_its_clock_is_refused(kind):
+    """The clock's input is added before the backbone sees the rows: it would broadcast one over two."""
+    lm = clocked_lm(kind)
+    text = torch.randn(2, L, TEXT_DIM)
+    seq = lm.pattern.build(torch.randint(0, lm.cfg.cardinality, (2, lm.cfg.num_codebooks, 4)))
+    with torch.no_grad():
+        _, state = lm.prefill(text, None, seq[..., :2], torch.tensor([[0.21, 0.5], [0.13, 1.0]]))
+        with pytest.raises(ValueError, match="1 token rows on a state whose beat clock has 2"):
+            lm.step(seq[:1, :, 2], state)

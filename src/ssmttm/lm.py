@@ -140,6 +140,10 @@ class MusicLM(nn.Module):
         if self.cfg.positions == "sinusoidal":
             x = x + sinusoidal_positions(torch.as_tensor(state.position, device=x.device).reshape(1), x.shape[-1])
         if self.clock is not None and state.clock is not None:
+            if state.clock.shape[0] != x.shape[0]:  # the sum would broadcast one row over the other's batch
+                raise ValueError(
+                    f"decoding step: {x.shape[0]} token rows on a state whose beat clock has {state.clock.shape[0]}"
+                )
             x = x + self._clock_input(state.clock, state.column, 1)[:, 0]
         h, backbone_state = self.backbone.step(x, state.backbone)
         return self._logits(h), LMState(backbone_state, state.position + 1, state.clock, state.column + 1)
