@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmttm.audio import load_audio, resample, to_mono
 from ssmttm.codecs import load_codec
 from ssmttm.codecs.quality import compare, mean_chroma, tempo_bpm
 from ssmttm.codecs.spectral import SpectralCodec
 from ssmttm.codecs.spectral.rvq import dequantize
-from ssmttm.data.audio import load_audio, resample, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.files import write_jsonl
 

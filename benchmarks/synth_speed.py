@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ssmttm.data.audio import save_audio
+from ssmttm.audio import save_audio
 from ssmttm.data.synth import CorpusSettings, compose, piece_record, piece_rngs, synthesize_corpus
 from ssmttm.data.synth.render import level, render_score
 from ssmttm.data.synth.vocabulary import LOUDNESS_DBFS

@@ -43,9 +43,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ssmttm.audio import load_audio, to_mono
 from ssmttm.codecs.quality import tempo_bpm
 from ssmttm.codecs.spectral.rvq import dequantize
-from ssmttm.data.audio import load_audio, to_mono
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic

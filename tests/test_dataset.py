@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssmttm.data.audio import save_audio
+from ssmttm.audio import save_audio
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.prepare import PrepareConfig, prepare
 from ssmttm.data.shards import TokenStore

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from ssmttm.audio import load_audio, save_audio
 from ssmttm.cli import main
 from ssmttm.codecs import CodecError, codec_device, load_codec
 from ssmttm.codecs.quality import compare, third_fourth_gap
 from ssmttm.codecs.spectral import EMBEDDED_WEIGHTS, SpectralCodec, SpectralConfig, SpectralModel
 from ssmttm.codecs.spectral.fit import FitConfig, fit_spectral_codec
-from ssmttm.data.audio import load_audio, save_audio
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codec"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssmttm.audio import save_audio
 from ssmttm.codecs import load_codec
-from ssmttm.data.audio import save_audio
 from ssmttm.data.prepare import PrepareConfig, PrepareError, prepare
 from ssmttm.data.shards import TokenStore, read_jsonl
 from ssmttm.data.sources import SourceError, discover
@@ -221,7 +221,7 @@ def test_clips_hold_the_codec_tokens_of_their_segment(collection, tmp_path, tiny
     run(root, tmp_path / "out", tiny_dac_dir, root / "captions.csv")
     store = TokenStore(tmp_path / "out")
     codec = load_codec(str(tiny_dac_dir))
-    from ssmttm.data.audio import load_audio
+    from ssmttm.audio import load_audio
 
     record = next(r for r in store if r["file"] == "song_b.flac" and r["segment"] == 1)
     wav, rate = load_audio(root / "song_b.flac")

@@ -12,7 +12,7 @@ import librosa
 import numpy as np
 import pytest
 
-from ssmttm.data.audio import load_audio
+from ssmttm.audio import load_audio
 from ssmttm.data.synth import (
     CorpusSettings,
     HoldOut,

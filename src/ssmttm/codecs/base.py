@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssmttm.data.audio import resample
+from ssmttm.audio import resample
 from ssmttm.hub import first_line, how_to_provide, quiet_loading
 
 if TYPE_CHECKING:

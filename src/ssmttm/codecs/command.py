@@ -68,7 +68,7 @@ def _roundtrip(args: argparse.Namespace) -> None:
         f"{trip.seconds / trip.encode_s:.0f}x and decode {trip.seconds / trip.decode_s:.0f}x real time"
     )
     if args.spectrogram:
-        from ssmttm.data.audio import load_audio, to_mono
+        from ssmttm.audio import load_audio, to_mono
         from ssmttm.plots import save_spectrograms
 
         before, rate = load_audio(args.input)

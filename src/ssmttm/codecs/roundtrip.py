@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ssmttm.audio import load_audio, save_audio
 from ssmttm.codecs.base import Codec
-from ssmttm.data.audio import load_audio, save_audio
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,10 @@ A push decodes every frame whose right context has arrived; it holds back only t
 `right` frames (the decoder's look-ahead) and keeps `left` frames of history for the next window,
 so memory stays bounded however long the stream. What comes out equals `Codec.decode` of all the
 codes up to float noise, because every frame is decoded with the context its receptive field needs.
-
-`GrowingWav` writes such audio to a file that players can open while it grows.
 """
 
 from __future__ import annotations
 
-import io
-import wave
-from pathlib import Path
-
-import numpy as np
-import soundfile as sf
 import torch
 from torch import Tensor
 
@@ -72,46 +64,3 @@ class StreamDecoder:
             self._codes = self._codes[..., drop:].clone()  # a copy, so the dropped frames are freed
             self._first += drop
         return wav
-
-
-def partial_path(path: Path) -> Path:
-    """Where audio streamed to `path` grows until it is complete: out.wav -> out.wav.partial, visible."""
-    return path.with_name(path.name + ".partial")
-
-
-class GrowingWav:
-    """A mono 16-bit WAV written chunk by chunk whose header counts every sample written so far, so
-    that a player or another reader can open it at any time, and it stays valid wherever it stops.
-
-    libsndfile writes a WAV's sizes only when the file is closed (its own reader repairs that; readers
-    that trust the header, such as Python's `wave`, see no samples), so the header is written by
-    `wave`, which patches the sizes after each chunk. The samples are still converted by libsndfile,
-    so the finished file is byte for byte what `sf.write` writes of the same audio.
-    """
-
-    def __init__(self, path: Path, sample_rate: int) -> None:
-        self.path, self.sample_rate, self.frames = path, sample_rate, 0
-        # Both stay open across write() calls; close() closes them.
-        self._file = open(path, "wb")  # noqa: SIM115
-        self._wav = wave.open(self._file, "wb")  # noqa: SIM115
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(sample_rate)
-
-    def write(self, audio: np.ndarray) -> None:
-        """Append audio (N,) float, in [-1, 1], and flush it, header included, to the file."""
-        pcm = io.BytesIO()
-        sf.write(pcm, np.asarray(audio, np.float32), self.sample_rate, subtype="PCM_16", format="RAW", endian="LITTLE")
-        self._wav.writeframes(pcm.getvalue())  # patches the RIFF and data sizes
-        self._file.flush()
-        self.frames += len(audio)
-
-    def close(self) -> None:
-        self._wav.close()  # leaves a file object it did not open to us
-        self._file.close()
-
-    def __enter__(self) -> GrowingWav:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

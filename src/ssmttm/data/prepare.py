@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssmttm.audio import AudioError, load_audio
 from ssmttm.codecs import Codec, CodecError, load_codec
-from ssmttm.data.audio import AudioError, load_audio
 from ssmttm.data.shards import PLAN, MergeResult, merge, unit_done, write_unit
 from ssmttm.data.sources import Failure, SourceItem, discover
 from ssmttm.files import read_json, write_json

@@ -151,7 +151,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _check_writable(path: Path) -> None:
-    from ssmttm.data.audio import audio_format
+    from ssmttm.audio import audio_format
 
     audio_format(path)  # the extension names a format we write
     folder = path.parent if str(path.parent) else Path(".")
@@ -171,7 +171,7 @@ class _Written:
     def summary(self) -> str:
         parts = [f"{', '.join(map(str, self.files))} written"] if self.files else []
         if self.partial is not None and self.partial.is_file():
-            from ssmttm.data.audio import audio_info
+            from ssmttm.audio import audio_info
 
             parts.append(f"{self.partial} holds the first {audio_info(self.partial)[0]:.1f} s")
         return "; ".join(parts) or "nothing written"
@@ -190,8 +190,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace, written: _Written) -> None:
     import torch
 
-    from ssmttm.codecs.streaming import partial_path
-    from ssmttm.data.audio import load_audio, save_audio
+    from ssmttm.audio import load_audio, partial_path, save_audio
     from ssmttm.generation.pipeline import TextToMusic, check_duration
     from ssmttm.pretrained import read_config, resolve
 
@@ -273,7 +272,7 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
 
 def _announce(path: Path, duration: float, stream: bool) -> None:
     """Where the audio goes, said before it is generated: the file to open while a long run goes on."""
-    from ssmttm.codecs.streaming import partial_path
+    from ssmttm.audio import partial_path
 
     if not stream:
         print(f"generating {duration:g} s -> {path}")
@@ -288,7 +287,7 @@ def _dtype_name(dtype) -> str:
 
 
 def _mono(path: Path):
-    from ssmttm.data.audio import load_audio
+    from ssmttm.audio import load_audio
 
     wav, rate = load_audio(path)
     return wav.mean(axis=0), rate

@@ -23,9 +23,9 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from ssmttm.audio import GrowingWav, audio_format, partial_path
 from ssmttm.beat_clock import tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
-from ssmttm.codecs.streaming import GrowingWav, partial_path
 from ssmttm.files import replace_durably
 from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
@@ -266,8 +266,6 @@ class TextToMusic:
         removed. Interrupted (KeyboardInterrupt), the partial stays, a valid WAV of the audio so
         far; other errors remove it, and a request that cannot be generated creates no file at all.
         """
-        from ssmttm.data.audio import audio_format  # the one place that maps extensions to formats
-
         path = Path(path)
         fmt = audio_format(path)
         partial = partial_path(path)

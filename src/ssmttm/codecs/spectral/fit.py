@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssmttm.audio import load_audio, resample, to_mono
 from ssmttm.codecs.spectral.codec import SpectralCodec
 from ssmttm.codecs.spectral.features import SpectralConfig, SpectralModel
 from ssmttm.codecs.spectral.rvq import fit_residual_codebooks
-from ssmttm.data.audio import load_audio, resample, to_mono
 
 log = logging.getLogger(__name__)
 

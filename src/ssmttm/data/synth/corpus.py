@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ssmttm.data.audio import AudioError, audio_info, save_audio
+from ssmttm.audio import AudioError, audio_info, save_audio
 from ssmttm.data.synth.attributes import HoldOut, PieceAttributes, check_drawable, draw_attributes
 from ssmttm.data.synth.captions import make_caption
 from ssmttm.data.synth.compose import compose

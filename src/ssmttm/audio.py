@@ -1,11 +1,16 @@
-"""Audio files in and out (soundfile), resampling (soxr), channel mixing; writes are atomic."""
+"""Audio files in and out (soundfile), resampling (soxr), channel mixing: the leaf that codecs, data
+and generation share. Whole files are written atomically; `GrowingWav` writes one that players can
+open while it grows.
+"""
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +152,46 @@ def resample(wav: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
         return wav
     out = soxr.resample(np.ascontiguousarray(wav.T), rate_in, rate_out, quality="HQ")
     return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def partial_path(path: Path) -> Path:
+    """Where audio streamed to `path` grows until it is complete: out.wav -> out.wav.partial, visible."""
+    return path.with_name(path.name + ".partial")
+
+
+class GrowingWav:
+    """A mono 16-bit WAV written chunk by chunk whose header counts every sample written so far, so
+    that a player or another reader can open it at any time, and it stays valid wherever it stops.
+
+    libsndfile writes a WAV's sizes only when the file is closed (its own reader repairs that; readers
+    that trust the header, such as Python's `wave`, see no samples), so the header is written by
+    `wave`, which patches the sizes after each chunk. The samples are still converted by libsndfile,
+    so the finished file is byte for byte what `sf.write` writes of the same audio.
+    """
+
+    def __init__(self, path: Path, sample_rate: int) -> None:
+        self.path, self.sample_rate, self.frames = path, sample_rate, 0
+        # Both stay open across write() calls; close() closes them.
+        self._file = open(path, "wb")  # noqa: SIM115
+        self._wav = wave.open(self._file, "wb")  # noqa: SIM115
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate)
+
+    def write(self, audio: np.ndarray) -> None:
+        """Append audio (N,) float, in [-1, 1], and flush it, header included, to the file."""
+        pcm = io.BytesIO()
+        sf.write(pcm, np.asarray(audio, np.float32), self.sample_rate, subtype="PCM_16", format="RAW", endian="LITTLE")
+        self._wav.writeframes(pcm.getvalue())  # patches the RIFF and data sizes
+        self._file.flush()
+        self.frames += len(audio)
+
+    def close(self) -> None:
+        self._wav.close()  # leaves a file object it did not open to us
+        self._file.close()
+
+    def __enter__(self) -> GrowingWav:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
