@@ -8,7 +8,13 @@ Long audio runs in windows, in both directions: a window computes `chunk_frames`
 context its network needs on each side (`encode_context_frames`, `decode_context_frames`) and
 keeps only its centre, so memory is bounded by the chunk size and the result equals a whole pass
 up to float noise. A subclass implements `_encode` and `_decode` and sets those three attributes;
-chunking and streaming (`stream_decoder`) come from here.
+chunking and streaming come from here.
+
+Streaming decode (`StreamDecoder`) gives audio out while codes are still arriving: a push decodes
+every frame whose right context has arrived, holds back only the last `right` frames (the
+decoder's look-ahead) and keeps `left` frames of history for the next window, so memory stays
+bounded however long the stream. What comes out equals `decode` of all the codes up to float
+noise, because every frame is decoded with the context its receptive field needs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +30,6 @@ from torch import Tensor
 
 from ssmttm.audio import resample
 from ssmttm.hub import first_line, how_to_provide, quiet_loading
-
-if TYPE_CHECKING:
-    from ssmttm.codecs.streaming import StreamDecoder
 
 
 class CodecError(ValueError):
@@ -124,8 +126,6 @@ class Codec(ABC):
     def stream_decoder(self, chunk_frames: int | None = None) -> StreamDecoder:
         """Decodes codes as they arrive: `push(codes (B, K, t)) -> wav (B, 1, n)`, then `flush()`.
         All pushes and the flush, concatenated, equal `decode` of all the codes."""
-        from ssmttm.codecs.streaming import StreamDecoder
-
         return StreamDecoder(self, self._chunk(chunk_frames))
 
     def check_codes(self, codes: Tensor) -> Tensor:
@@ -172,6 +172,58 @@ class Codec(ABC):
     def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
         """codes (B, K, T) -> wav (B, 1, T * hop). `start_frame` is the absolute index of the first
         frame, for codecs whose synthesis depends on absolute time (phases); others ignore it."""
+
+
+class StreamDecoder:
+    """`push(codes (B, K, t)) -> wav (B, 1, n)` as frames arrive, then `flush() -> wav` once."""
+
+    def __init__(self, codec: Codec, chunk_frames: int):
+        self.codec = codec
+        self.chunk_frames = chunk_frames
+        self.left, self.right = codec.decode_context
+        self._codes: Tensor | None = None  # (B, K, n): the frames from `_first` on that are still needed
+        self._first = 0  # index of the first frame held
+        self._received = 0  # frames pushed so far
+        self._emitted = 0  # frames whose audio has been returned
+        self._closed = False
+
+    @property
+    def held_frames(self) -> int:
+        """Frames held for later windows: at most left + right after every push."""
+        return 0 if self._codes is None else self._codes.shape[-1]
+
+    def push(self, codes: Tensor) -> Tensor:
+        """codes (B, K, t), the next t frames -> wav (B, 1, n) for every frame that can be finished now."""
+        if self._closed:
+            raise CodecError("this stream was flushed; start a new one with codec.stream_decoder()")
+        codes = self.codec.check_codes(codes)
+        if self._codes is None:
+            self._codes = codes[..., :0]
+        if codes.shape[0] != self._codes.shape[0]:
+            raise CodecError(f"the stream's batch is {self._codes.shape[0]}, got codes for {codes.shape[0]}")
+        self._codes = torch.cat([self._codes, codes.to(self._codes.device)], dim=-1)
+        self._received += codes.shape[-1]
+        return self._emit(self._received - self.right)
+
+    def flush(self) -> Tensor:
+        """wav (B, 1, n) for the frames held back; the stream is over."""
+        wav = self._emit(self._received)
+        self._closed = True
+        return wav
+
+    def _emit(self, stop: int) -> Tensor:
+        if self._codes is None:
+            return torch.zeros(0, 1, 0)
+        start = self._emitted
+        wav = self.codec.decode_span(
+            self._codes, self._first, start, max(start, stop), self._received, self.chunk_frames
+        )
+        self._emitted = max(start, stop)
+        drop = max(0, self._emitted - self.left - self._first)
+        if drop:
+            self._codes = self._codes[..., drop:].clone()  # a copy, so the dropped frames are freed
+            self._first += drop
+        return wav
 
 
 def windows(start: int, stop: int, total: int, chunk: int, left: int, right: int):
