@@ -21,7 +21,8 @@ from ssmttm.lm import MusicLM
 from ssmttm.pretrained import save_pretrained
 from ssmttm.training.config import resolve
 from ssmttm.training.data import CaptionedWindows, collate
-from ssmttm.training.trainer import Trainer, init_from_pretrained
+from ssmttm.training.lm_task import init_from_pretrained
+from ssmttm.training.trainer import Trainer
 
 L, TEXT_DIM = 4, 6
 

@@ -24,7 +24,8 @@ from ssmttm.pretrained import load_pretrained
 from ssmttm.training.config import resolve
 from ssmttm.training.export import export_run
 from ssmttm.training.layout import last_checkpoint
-from ssmttm.training.trainer import Trainer, TrainingError, lr_factor, unigram_cross_entropy
+from ssmttm.training.lm_task import unigram_cross_entropy
+from ssmttm.training.trainer import Trainer, TrainingError, lr_factor
 
 CARDINALITY, CODEBOOKS, FRAMES, FRAME_RATE = 16, 2, 24, 10.0
 CAPTIONS = ["a slow piano piece", "fast drums and bass", "a quiet flute melody", "loud electric guitar"]

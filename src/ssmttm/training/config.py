@@ -1,8 +1,10 @@
-"""The training config: model, data, optimizer, schedule and run settings, typed, from YAML.
+"""The training config: the task, optimizer, schedule and run settings, typed, from YAML.
 
-`model:` in a YAML file is either a preset name (`tiny-simba`) or a full model mapping; dotted
-overrides (`--optim.lr=3e-4`, `--model.backbone.n_layers=8`) apply after the preset is expanded,
-so the resolved config saved with a run is complete and rebuilds it without the preset files.
+`task:` (default `lm`) names what is trained (training/task.py); its config type adds its own
+sections, `model` and `data` for the LM (lm_task.py), and may expand shorthands first: the LM's
+`model:` is a preset name (`tiny-simba`) or a full model mapping. Dotted overrides
+(`--optim.lr=3e-4`, `--model.backbone.n_layers=8`) apply after that, so the resolved config saved
+with a run is complete and rebuilds it without the preset files.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ssmttm.config import ConfigError, LMConfig, apply_overrides, from_dict, load_preset, read_yaml, to_dict
+from ssmttm.config import ConfigError, apply_overrides, from_dict, read_yaml
+from ssmttm.training.task import task_class
 
 
 @dataclass
 class DataConfig:
+    """Windows of a prepared collection and their captions: the LM's data."""
+
     collection: str = ""  # a folder written by `ssmttm data prepare`
     train_split: str = "train"
     val_split: str = "validation"
@@ -81,8 +86,9 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    model: LMConfig = field(default_factory=LMConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    """What every run has; a task's config type adds its own sections (lm_task.LMTrainConfig)."""
+
+    task: str = "lm"  # a name in training/task.py's TASKS
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -104,6 +110,11 @@ class TrainConfig:
             raise ConfigError(
                 f"run.checkpoint_minutes must be 0 (off) or a positive number, not {run.checkpoint_minutes}"
             )
+
+    @classmethod
+    def expand(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The YAML mapping with this config's shorthands written out, before the overrides."""
+        return data
 
     @property
     def accumulation(self) -> int:
@@ -143,11 +154,14 @@ def fit_to_run(config: TrainConfig) -> RunFit:
 
 
 def resolve(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
-    """A TrainConfig from a YAML mapping: expands a `model:` preset name, then applies overrides."""
-    data = dict(data)
-    if isinstance(data.get("model"), str):
-        data["model"] = to_dict(load_preset(data["model"]))
-    return from_dict(TrainConfig, apply_overrides(data, [o.removeprefix("--") for o in overrides or []]))
+    """The config of the mapping's task from a YAML mapping: expands its shorthands, then applies
+    overrides. A mapping without `task:` (every run from before tasks) is the LM's."""
+    task = data.get("task", TrainConfig.task)
+    cls = task_class(task).config_type
+    config = from_dict(cls, apply_overrides(cls.expand(dict(data)), [o.removeprefix("--") for o in overrides or []]))
+    if config.task != task:  # the type was chosen by the mapping's task, before the overrides
+        raise ConfigError(f"task: an override cannot change the task ({task!r}); set it in the config file")
+    return config
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -10,10 +10,10 @@ resumed run skips straight to it without reading what came before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -27,6 +27,17 @@ from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoder, pad_left
 
 log = logging.getLogger(__name__)
+
+
+class EpochDataset(Protocol):
+    """A map-style dataset whose items may change with the epoch (random crops, say), but only
+    with it: item i of epoch e is the same in every run, so a resumed run sees what it would have."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,9 @@ class EpochSampler(Sampler[list[int]]):
 class TrainBatches:
     """An endless stream of training micro-batches that knows its position (epoch, micro-batch)."""
 
-    def __init__(self, dataset: CaptionedWindows, sampler: EpochSampler, workers: int) -> None:
+    def __init__(
+        self, dataset: EpochDataset, sampler: EpochSampler, collate_fn: Callable[[list[Any]], Any], workers: int
+    ) -> None:
         self.dataset, self.sampler = dataset, sampler
         # The loader draws its workers' base seed from its own generator, never from the global
         # RNG, so starting a loader (at an epoch boundary or on resume) changes no dropout mask.
@@ -137,7 +150,7 @@ class TrainBatches:
             dataset,
             batch_sampler=sampler,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             persistent_workers=False,
             generator=torch.Generator().manual_seed(0),
         )
@@ -149,7 +162,7 @@ class TrainBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         while True:
             self.dataset.set_epoch(self.epoch)  # workers start after this, so they see the epoch
             self.sampler.position(self.epoch, self.batch)

@@ -2,7 +2,8 @@
 `plot` and the miniature study read it.
 
     config.yaml              the resolved TrainConfig (also inside every checkpoint)
-    run.json                 codec and text-encoder ids, window length: what export needs
+    run.json                 what the task's data setup records for export (the LM: codec and
+                             text-encoder ids, window length)
     checkpoints/last.ckpt    the latest checkpoint, replaced atomically
     metrics.csv              kind,step,loss,tokens,flops,wall_s,lr: `train` rows every log_every
                              steps, `val` rows at every validation; tokens, flops and wall_s are

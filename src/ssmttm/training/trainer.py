@@ -1,5 +1,6 @@
 """The training loop, on Lightning Fabric: devices, DDP/FSDP, precision and launching come from
 Lightning; the loop is ours, because exact resume and the non-finite guard need to own every step.
+What it trains (model, data, loss, validation, export) is the run's task (training/task.py).
 What a run writes is described in training/layout.py.
 
 Exactness: each micro-batch seeds Python, NumPy and torch from (seed, step, micro-batch, rank),
@@ -15,32 +16,17 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ssmttm.config import ConfigError, read_yaml, save_yaml, to_dict
-from ssmttm.data.dataset import TokenWindows
-from ssmttm.data.shards import TokenStore
 from ssmttm.files import write_json, write_text
-from ssmttm.hub import first_line
-from ssmttm.lm import MusicLM
-from ssmttm.pretrained import PretrainedError, load_weights, state_dict_problems
-from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from ssmttm.training.config import TrainConfig, fit_to_run, resolve
-from ssmttm.training.data import (
-    CaptionedWindows,
-    EncoderKey,
-    EpochSampler,
-    TrainBatches,
-    collate,
-    fill_cache,
-    require_prepared,
-)
-from ssmttm.training.flops import forward_flops
+from ssmttm.training.data import EpochSampler, TrainBatches
 from ssmttm.training.layout import (
     CHECKPOINT_DIR,
     CONFIG,
@@ -51,29 +37,13 @@ from ssmttm.training.layout import (
     TENSORBOARD,
     last_checkpoint,
 )
+from ssmttm.training.task import make_task
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what is left on disk."""
-
-
-def init_from_pretrained(lm: MusicLM, source: str) -> None:
-    """Load an exported model's LM weights into `lm`. Only the beat clock may be missing (it starts
-    silent, so the fine-tuned model starts as the exported one); anything else that does not
-    match is a ConfigError naming it."""
-    try:
-        state = load_weights(source)
-    except PretrainedError as err:
-        raise ConfigError(f"run.init_from: cannot read {source} ({first_line(err)})") from None
-    expected = lm.state_dict()
-    may_miss = {key for key in expected if key.startswith("clock.")}
-    problems = state_dict_problems({k: v for k, v in expected.items() if k not in may_miss}, state)
-    if problems:
-        raise ConfigError(f"run.init_from: {source} does not fit model: {'; '.join(problems)}")
-    lm.load_state_dict(state, strict=False)
-    log.info("initialised from %s", source)
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, final: float) -> float:
@@ -137,7 +107,7 @@ class Trainer:
         self.clock = clock
         self._saved_at = 0.0  # self.clock() at the last checkpoint (or the start of the loop)
         self.counters = Counters()
-        self._flops: dict[tuple[int, int], float] = {}
+        self.task = make_task(config)
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -149,71 +119,33 @@ class Trainer:
                 f"or `ssmttm train --resume {self.run_dir}` to go on with its own"
             )
 
-    def _data(self):
-        cfg, fabric = self.config, self.fabric
-        data = cfg.data
-        if not data.collection:
-            raise ConfigError("data.collection is not set: the folder `ssmttm data prepare` wrote")
-        require_prepared(data.collection)
-        store = TokenStore(data.collection)
-        codec = store.manifest["codec"]
-        if codec["cardinality"] != cfg.model.cardinality or codec["num_codebooks"] < cfg.model.num_codebooks:
-            raise ConfigError(
-                f"the collection's codec has {codec['num_codebooks']} codebooks of {codec['cardinality']}; "
-                f"the model wants {cfg.model.num_codebooks} of {cfg.model.cardinality}"
-            )
-        frames = max(1, round(float(codec["frame_rate"]) * data.window_seconds))
-        windows = {
-            split: TokenWindows(
-                data.collection, split, frames, cfg.model.num_codebooks, cfg.model.special_token, cfg.run.seed
-            )
-            for split in (data.train_split, data.val_split)
-        }
-        encoder = load_text_encoder(data.text_encoder, "cpu", data.max_text_tokens or None)
-        if encoder.dim != cfg.model.text_dim:
-            raise ConfigError(
-                f"text encoder {data.text_encoder} gives {encoder.dim}-d embeddings; "
-                f"model.text_dim is {cfg.model.text_dim}"
-            )
-        cache = EmbeddingCache(data.embedding_cache or Path(data.collection) / "text-embeddings")
-        if fabric.global_rank == 0:  # one process encodes; the others read the files it wrote
-            captions = [r["caption"] for w in windows.values() for r in w.records]
-            fill_cache(encoder, cache, captions)
-        fabric.barrier()
-        key = EncoderKey(encoder.id, encoder.dim)
-        train = CaptionedWindows(windows[data.train_split], cache, key)
-        val = CaptionedWindows(windows[data.val_split], cache, key)
-        sampler = EpochSampler(
-            len(train), cfg.run.micro_batch_size, cfg.run.seed, fabric.global_rank, fabric.world_size
-        )
-        self.batches = TrainBatches(train, sampler, data.workers)
-        self.val_items = val
-        self.info = {
-            "codec": codec,
-            "text_encoder": data.text_encoder,
-            "text_encoder_id": encoder.id,
-            "window_frames": frames,
-        }
+    def _data(self) -> None:
+        fabric, run = self.fabric, self.config.run
+        data = self.data = self.task.data(fabric)
+        sampler = EpochSampler(len(data.train), run.micro_batch_size, run.seed, fabric.global_rank, fabric.world_size)
+        self.batches = TrainBatches(data.train, sampler, data.collate, data.workers)
 
-    def _model(self):
-        cfg = self.config
+    def _model(self) -> None:
+        cfg, task = self.config, self.task
         torch.manual_seed(cfg.run.seed)  # the same initial weights for every run of this config
-        lm = MusicLM(cfg.model)
+        module = task.build_model()
         if cfg.run.init_from and last_checkpoint(self.run_dir) is None:
             # only a fresh run starts from the export: a resumed one has its weights in the checkpoint,
             # and must not fail because the export has since moved or is named by a relative path
-            init_from_pretrained(lm, cfg.run.init_from)
-        decay = [p for n, p in lm.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-        no_decay = [p for n, p in lm.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+            task.init_from(module, cfg.run.init_from)
+        decay = [p for n, p in module.named_parameters() if task.weight_decayed(n, p)]
+        no_decay = [p for n, p in module.named_parameters() if not task.weight_decayed(n, p)]
         decayed, plain = self._group_settings()
         optimizer = torch.optim.AdamW([{"params": decay, **decayed}, {"params": no_decay, **plain}])
-        model, optimizer = self.fabric.setup(lm, optimizer)
-        model.mark_forward_method("compute_loss")  # so DDP sees the training step as a forward
+        model, optimizer = self.fabric.setup(module, optimizer)
+        for name in task.forward_methods:
+            model.mark_forward_method(name)  # so DDP sees the training step as a forward
         sched, warmup = cfg.schedule, self.fitted.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, warmup, sched.max_steps, sched.final_lr_fraction)
         )
-        self.lm, self.model, self.optimizer, self.scheduler = lm, model, optimizer, scheduler
+        # module: the bare model, for validation and the finite check; model: Fabric's wrapper, for training
+        self.module, self.model, self.optimizer, self.scheduler = module, model, optimizer, scheduler
 
     def _restore(self) -> bool:
         path = last_checkpoint(self.run_dir)
@@ -266,7 +198,7 @@ class Trainer:
         resumed = self._restore()
         if fabric.global_rank == 0:
             save_yaml(cfg, self.run_dir / CONFIG)
-            write_json(self.run_dir / RUN_INFO, self.info)
+            write_json(self.run_dir / RUN_INFO, self.data.info)
         self.logger = _Logger(self.run_dir, self.counters.step, resumed, fabric.global_rank == 0)
         try:
             self._loop()
@@ -286,11 +218,11 @@ class Trainer:
         self._saved_at = self.clock()
         while c.step < cfg.schedule.max_steps:
             start = time.perf_counter()
-            loss, tokens, flops, ok = self._train_step(stream)
+            step = self._train_step(stream)
             c.wall_s += time.perf_counter() - start
-            c.tokens += tokens
-            c.flops += flops
-            if not ok:
+            c.tokens += step.tokens
+            c.flops += step.flops
+            if not step.finite:
                 c.skipped_steps += 1
                 c.bad_streak += 1
                 log.warning("step %d: non-finite loss or gradient; skipped (%d in a row)", c.step + 1, c.bad_streak)
@@ -305,9 +237,9 @@ class Trainer:
             c.step += 1
             lr = self.scheduler.get_last_lr()[0]
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{c.tokens / max(c.wall_s, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{step.loss:.3f}", tok_s=f"{c.tokens / max(c.wall_s, 1e-9):.0f}")
             if c.step % cfg.run.log_every == 0:
-                self.logger.write("train", c, loss, lr)
+                self.logger.write("train", c, step.loss, lr, step.metrics)
             last = c.step == cfg.schedule.max_steps
             if c.step % cfg.run.val_every == 0 or last:
                 self.logger.write("val", c, self.validate(), lr)
@@ -316,22 +248,24 @@ class Trainer:
                 self._checkpoint()
         bar.close()
 
-    def _train_step(self, stream) -> tuple[float, int, float, bool]:
-        """One optimizer step over `accumulation` micro-batches: (mean loss, tokens, FLOPs, finite)."""
-        fabric, cfg, c = self.fabric, self.config, self.counters
+    def _train_step(self, stream) -> _Step:
+        """One optimizer step over `accumulation` micro-batches."""
+        fabric, cfg, c, task = self.fabric, self.config, self.counters, self.task
         accumulation = cfg.accumulation
         total, tokens, flops = 0.0, 0, 0.0
+        metrics: dict[str, float] = {}
         for micro in range(accumulation):
             batch = fabric.to_device(next(stream))
             seed_micro_batch(cfg.run.seed, c.step, micro, fabric.global_rank)
             syncless = fabric.world_size > 1 and micro < accumulation - 1  # all-reduce once, after the last one
             with fabric.no_backward_sync(self.model, enabled=syncless):
-                out = self.model.compute_loss(batch["codes"], batch["text"], batch["text_mask"], clock=batch["clock"])
+                out = task.compute_loss(self.model, batch)
                 fabric.backward(out.loss / accumulation)
             total += float(out.loss.detach())
-            b, _, frames = batch["codes"].shape
-            tokens += b * frames
-            flops += 3 * b * self._forward_flops(frames, batch["text"].shape[1])
+            for name, value in out.metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + float(value.detach()) / accumulation
+            tokens += task.tokens(batch)
+            flops += task.train_flops(batch)
         world = fabric.world_size
         finite = torch.tensor(float(math.isfinite(total) and self._grads_finite()), device=fabric.device)
         finite = bool(fabric.all_reduce(finite, reduce_op="min")) if world > 1 else bool(finite)
@@ -344,44 +278,28 @@ class Trainer:
         loss = total / accumulation
         if world > 1:
             loss = float(fabric.all_reduce(torch.tensor(loss, device=fabric.device), reduce_op="mean"))
-        return loss, tokens * world, flops * world, finite
-
-    def _forward_flops(self, frames: int, text_len: int) -> float:
-        """The formula per batch shape, remembered: captions come in a handful of lengths."""
-        key = (frames, text_len)
-        if key not in self._flops:
-            self._flops[key] = forward_flops(self.config.model, frames, text_len)
-        return self._flops[key]
+            if metrics:
+                means = fabric.all_reduce(torch.tensor(list(metrics.values()), device=fabric.device), reduce_op="mean")
+                metrics = dict(zip(metrics, means.tolist(), strict=True))
+        return _Step(loss, tokens * world, flops * world, finite, metrics)
 
     def _grads_finite(self) -> bool:
-        grads = [p.grad for p in self.lm.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Plain cross-entropy (no label smoothing), summed over codebooks, on the validation split.
-
-        Windows come from epoch 0 of the split's crops, so every validation sees the same data.
-        """
-        fabric, cfg = self.fabric, self.config
+        """The task's validation loss on the validation split, each rank taking every world_size-th
+        item. The split never leaves epoch 0, so every validation sees the same items."""
+        fabric, cfg, val = self.fabric, self.config, self.data.val
         self.model.eval()
-        indices = list(range(fabric.global_rank, len(self.val_items), fabric.world_size))
+        indices = list(range(fabric.global_rank, len(val), fabric.world_size))
         size = cfg.run.micro_batch_size
-        batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        chunks = [indices[i : i + size] for i in range(0, len(indices), size)]
         if cfg.run.val_batches:
-            batches = batches[: cfg.run.val_batches]
-        sums = torch.zeros(cfg.model.num_codebooks, dtype=torch.float64, device=fabric.device)
-        counts = torch.zeros_like(sums)
-        for chunk in batches:
-            batch = fabric.to_device(collate([self.val_items[i] for i in chunk]))
-            out = self.lm.compute_loss(
-                batch["codes"], batch["text"], batch["text_mask"], label_smoothing=0.0, clock=batch["clock"]
-            )
-            sums += out.per_codebook.double() * out.num_tokens
-            counts += out.num_tokens
-        if fabric.world_size > 1:
-            sums, counts = fabric.all_reduce(sums, reduce_op="sum"), fabric.all_reduce(counts, reduce_op="sum")
-        return float((sums / counts.clamp(min=1)).sum())
+            chunks = chunks[: cfg.run.val_batches]
+        batches = (fabric.to_device(self.data.collate([val[i] for i in chunk])) for chunk in chunks)
+        return self.task.validate(self.module, batches, fabric)
 
     def _checkpoint_due(self) -> bool:
         """Whether run.checkpoint_minutes have passed since the last checkpoint. Every rank takes
@@ -408,6 +326,17 @@ class Trainer:
         self._saved_at = self.clock()  # the next timed checkpoint counts from this one, whatever wrote it
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One optimizer step: its mean loss and metrics, and what it trained, over all devices."""
+
+    loss: float
+    tokens: int
+    flops: float
+    finite: bool
+    metrics: dict[str, float]
+
+
 class _Logger:
     """metrics.csv and TensorBoard, on rank 0. A resumed run first drops the rows its killed
     predecessor wrote after the checkpoint, so each step appears once."""
@@ -429,7 +358,7 @@ class _Logger:
 
         self.tb = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step + 1 if resumed else None)
 
-    def write(self, kind: str, c: Counters, loss: float, lr: float) -> None:
+    def write(self, kind: str, c: Counters, loss: float, lr: float, metrics: dict[str, float] | None = None) -> None:
         if not self.active:
             return
         self.csv.writerow(
@@ -452,25 +381,10 @@ class _Logger:
         else:
             self.tb.add_scalar("train/lr", lr, c.step)
             self.tb.add_scalar("train/tokens_per_s", c.tokens / max(c.wall_s, 1e-9), c.step)
+        for name, value in (metrics or {}).items():
+            self.tb.add_scalar(f"{kind}/{name}", value, c.step)
 
     def close(self) -> None:
         if self.active:
             self.file.close()
             self.tb.close()
-
-
-def unigram_cross_entropy(train: TokenWindows, val: TokenWindows, cardinality: int) -> float:
-    """The baseline a model must beat: each codebook's unigram distribution from the training
-    tokens (add-one smoothed), its cross-entropy on the validation tokens, summed over codebooks."""
-
-    def counts(windows: TokenWindows) -> Tensor:
-        total = torch.zeros(windows.num_codebooks, cardinality, dtype=torch.float64)
-        for record in windows.records:
-            tokens = torch.from_numpy(windows.store.tokens(record)[: windows.num_codebooks].astype(np.int64))
-            for k in range(windows.num_codebooks):
-                total[k] += torch.bincount(tokens[k], minlength=cardinality)
-        return total
-
-    train_counts, val_counts = counts(train) + 1, counts(val)
-    log_p = (train_counts / train_counts.sum(dim=1, keepdim=True)).log()
-    return float((-(val_counts * log_p).sum(dim=1) / val_counts.sum(dim=1)).sum())
