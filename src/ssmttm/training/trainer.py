@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmttm._allocator import tune_allocator
 from ssmttm.config import ConfigError, read_yaml, save_yaml, to_dict
 from ssmttm.files import write_json, write_text
 from ssmttm.training.checkpoint import Counters, load_checkpoint, rng_states, save_checkpoint, set_rng_states
@@ -180,6 +181,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> Counters:
+        # A library must not retune its importer's malloc, but a training process is ours: on the
+        # CPU every layer allocates and frees large activations, which glibc's defaults turn into
+        # page faults and zeroed pages each time (ssmttm/_allocator.py). Set in every process.
+        tune_allocator()
         fabric, cfg = self.fabric, self.config
         if not fabric._launched:  # with several devices this starts the other processes (running this command)
             fabric.launch()
