@@ -47,11 +47,11 @@ from generate_speed import (
 )
 from speed_common import FRAME_RATE, TEXT_TOKENS
 
-from ssmttm.config import load_preset
 from ssmttm.generation import Generator
 from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 
 DEVICE = "cuda"
 POSITIONS = [0, 5, 10, 30, 60, 120]

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from ssmttm.config import PRESET_DIR
 from ssmttm.lm import count_parameters
+from ssmttm.presets import PRESET_DIR
 from ssmttm.training.config import load_train_config
 from ssmttm.training.layout import METRICS
 from ssmttm.training.plot import plot_runs

@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from ssmttm.config import load_preset
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 
 FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
 TEXT_TOKENS = 32

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from ssmttm.config import load_preset
 from ssmttm.lm import MusicLM, count_parameters
+from ssmttm.presets import load_preset
 
 DAC_FRAME_RATE = 44100 / 512
 

@@ -13,11 +13,12 @@ from conftest import KINDS, tiny_lm
 from test_training import CAPTIONS, FRAMES, make_collection, train_config
 
 from ssmttm.beat_clock import FEATURES, HARMONICS, clock_features, no_clock, tempo_clock
-from ssmttm.config import ConfigError, load_preset, to_dict
+from ssmttm.config import ConfigError, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
 from ssmttm.training.config import resolve
 from ssmttm.training.data import CaptionedWindows, collate

@@ -9,8 +9,8 @@ import pytest
 import ssmttm
 from ssmttm import cli
 from ssmttm.cli import build_parser, main
-from ssmttm.config import load_preset
 from ssmttm.lm import count_parameters
+from ssmttm.presets import load_preset
 
 
 def test_presets_lists_every_preset_with_its_count(capsys):

@@ -1,16 +1,8 @@
 import pytest
 
-from ssmttm.config import (
-    ConfigError,
-    LMConfig,
-    apply_overrides,
-    from_dict,
-    load_preset,
-    load_yaml,
-    preset_names,
-    save_yaml,
-    to_dict,
-)
+from ssmttm.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from ssmttm.lm import LMConfig
+from ssmttm.presets import load_preset, preset_names
 
 
 def test_yaml_round_trip(tmp_path):
@@ -69,7 +61,8 @@ def test_unknown_preset_and_missing_file_are_clear_errors(tmp_path):
 
 
 def test_every_training_config_resolves_and_paper_ones_keep_the_recipe():
-    from ssmttm.config import PRESET_DIR, read_yaml
+    from ssmttm.config import read_yaml
+    from ssmttm.presets import PRESET_DIR
     from ssmttm.training.config import load_train_config
 
     configs = sorted((PRESET_DIR / "train").glob("*.yaml"))

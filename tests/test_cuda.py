@@ -25,11 +25,11 @@ from test_training import make_collection, metrics, train_config
 
 from ssmttm.backbones.base import Context
 from ssmttm.cli import main
-from ssmttm.config import load_preset
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
 from ssmttm.training.config import resolve
 from ssmttm.training.trainer import Trainer
@@ -171,7 +171,7 @@ def test_the_transformer_decodes_eagerly_on_cuda():
     lm = tiny_lm("transformer", "cross").to(DEVICE)
     text = torch.randn(1, 5, 6, device=DEVICE)
     assert Generator(lm).generate(text, None, 8, seed=0).shape == (1, lm.cfg.num_codebooks, 8)
-    with pytest.raises(ValueError, match="needs a CUDA device and an SSM backbone"):
+    with pytest.raises(ValueError, match="needs a CUDA device and a fixed-size state"):
         Generator(lm, cuda_graph=True).generate(text, None, 8, seed=0)
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ssmttm.backbones.attention import CrossState
-from ssmttm.backbones.blocks import Block, BlockState
-from ssmttm.config import load_preset
+from ssmttm.backbones.blocks import BlockState
+from ssmttm.backbones.mamba2 import Mamba2BlockKernel
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
 from ssmttm.ops import cpu_kernels
@@ -23,6 +23,7 @@ from ssmttm.ops.linear import _kernel_applies, linear
 from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
 from ssmttm.ops.selective_scan import selective_scan_step
 from ssmttm.ops.ssd import ssd_step
+from ssmttm.presets import load_preset
 
 pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute), and an x86-64-v3 one
 
@@ -203,19 +204,19 @@ def test_block_step_kernel_decodes_like_the_modules(
             state = state.with_recurrent_dtype(state_dtype)
         states = {"fused": state.clone(), "modules": state.clone()}
         fused_calls = 0
-        original = Block._step_fused
+        original = Mamba2BlockKernel.step
 
         def counted(self, x, mixer_state):
             nonlocal fused_calls
             fused_calls += 1
             return original(self, x, mixer_state)
 
-        monkeypatch.setattr(Block, "_step_fused", counted)
+        monkeypatch.setattr(Mamba2BlockKernel, "step", counted)
         for _ in range(3):
             tokens = torch.randint(0, lm.cfg.cardinality, (rows, lm.cfg.num_codebooks))
             logits, states["fused"] = lm.step(tokens, states["fused"])
             with monkeypatch.context() as patch:
-                patch.setattr(Block, "_fused_step_applies", lambda *_: False)
+                patch.setattr(Mamba2BlockKernel, "applies", lambda *_: False)
                 expected, states["modules"] = lm.step(tokens, states["modules"])
             torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert fused_calls == 3 * len(lm.backbone.layers)
@@ -232,21 +233,21 @@ def test_block_step_kernel_is_not_used_where_it_cannot_apply():
         _, state = lm.prefill(torch.randn(2, 5, lm.cfg.text_dim))
     x, layer_state = torch.randn(2, 40), state.backbone.layers[0]
     with torch.no_grad():
-        assert block._fused_step_applies(x, layer_state)
-        assert not block._fused_step_applies(x.double(), layer_state)
-        assert not block._fused_step_applies(torch.randn(cpu_kernels.linear_max_rows() + 1, 40), layer_state)
+        assert block._fused_step.applies(x, layer_state, False)
+        assert not block._fused_step.applies(x.double(), layer_state, False)
+        assert not block._fused_step.applies(torch.randn(cpu_kernels.linear_max_rows() + 1, 40), layer_state, False)
         block.mlp.fc1.half()  # a weight dtype the kernel does not read
-        assert not block._fused_step_applies(x, layer_state)
+        assert not block._fused_step.applies(x, layer_state, False)
         block.mlp.fc1.float()
         block.train()  # dropout
-        assert not block._fused_step_applies(x, layer_state)
+        assert not block._fused_step.applies(x, layer_state, block.training)
         block.eval()
-    assert not block._fused_step_applies(x, layer_state)  # gradients wanted
+    assert not block._fused_step.applies(x, layer_state, False)  # gradients wanted
     transformer = MusicLM(load_preset("tiny-transformer")).eval()
     with torch.no_grad():
         _, state = transformer.prefill(torch.randn(2, 5, transformer.cfg.text_dim))
         x = torch.randn(2, transformer.cfg.backbone.d_model)
-        assert not transformer.backbone.layers[0]._fused_step_applies(x, state.backbone.layers[0])
+        assert transformer.backbone.layers[0]._fused_step is None
 
 
 def test_block_step_kernel_attends_like_the_modules_when_text_is_masked(kernels):
@@ -262,7 +263,7 @@ def test_block_step_kernel_attends_like_the_modules_when_text_is_masked(kernels)
         mask[2] = False
         layer = BlockState(layer.mixer, CrossState(layer.cross.k, layer.cross.v, mask))
         block, x = lm.backbone.layers[1], torch.randn(3, 40)
-        assert block._fused_step_applies(x, layer)
+        assert block._fused_step.applies(x, layer, False)
         fused, _ = block.step(x, layer.clone())
         expected, _ = block._step_modules(x, layer.clone())
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
@@ -280,7 +281,7 @@ HEADS, HEADDIM, D_STATE, NGROUPS, WIDTH = 4, 8, 16, 2, 4
 D_INNER = HEADS * HEADDIM
 CONV_DIM = D_INNER + 2 * NGROUPS * D_STATE  # 96
 
-# block_step's arguments by name, in the order Block._step_fused passes them
+# block_step's arguments by name, in the order Mamba2BlockKernel.step passes them
 BLOCK_STEP_ARGS = (
     *("x", "conv_state", "ssm_state", "keys", "values", "key_mask", "mixer_norm", "mixer_eps", "in_proj"),
     *("in_bias", "conv_weight", "conv_bias", "dt_bias", "A_log", "D", "gate_norm", "ngroups", "gate_eps"),
@@ -326,7 +327,7 @@ def _cross_lm() -> MusicLM:
 
 def _block_step(path: str, rows: int = 2, in_proj_width: int | None = None, **changes) -> tuple[Call, list]:
     """A block's step on x of `rows` rows against a state of 2 (6 text keys, the last one masked):
-    Block._step_modules without the kernels (reference), Block._step_fused (fused), or block_step
+    Block._step_modules without the kernels (reference), Mamba2BlockKernel.step (fused), or block_step
     with `changes` by name (kernel; the text's keys, values and key_mask for the other paths too).
     in_proj's weight `in_proj_width` wide if given."""
     lm = _cross_lm()
@@ -341,12 +342,12 @@ def _block_step(path: str, rows: int = 2, in_proj_width: int | None = None, **ch
     text = {"k": state.cross.k, "v": state.cross.v, "mask": mask}
     x, watched = torch.randn(rows, 40), [state.mixer.conv, state.mixer.ssm]
     if path == "kernel":
-        values = (x, *watched, *text.values(), *block._block_kernel.weights)
+        values = (x, *watched, *text.values(), *block._fused_step.weights)
         args = {**dict(zip(BLOCK_STEP_ARGS, values, strict=True)), **changes}
         return (lambda: cpu_kernels.extension().block_step(**args)), watched
     state = BlockState(state.mixer, CrossState(**{**text, **{TEXT_FIELDS[k]: v for k, v in changes.items()}}))
     if path == "fused":
-        return (lambda: block._step_fused(x, state)), watched
+        return (lambda: block._fused_step.step(x, state)), watched
 
     def modules():
         with mock.patch.object(cpu_kernels, "available", lambda: False):
@@ -535,7 +536,7 @@ def test_a_mismatch_is_one_clear_error_on_every_path(case, isolated_outcomes):
 
 
 def test_block_step_takes_its_arguments_by_name():
-    """The names in BLOCK_STEP_ARGS are the kernel's, in the order Block._step_fused passes them."""
+    """The names in BLOCK_STEP_ARGS are the kernel's, in the order Mamba2BlockKernel.step passes them."""
     by_name, _ = _block_step("kernel")
     positional, _ = _block_step("fused")
     with torch.no_grad():

@@ -16,10 +16,10 @@ import soundfile as sf
 import torch
 
 from ssmttm.cli import main
-from ssmttm.config import load_preset
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
 from ssmttm.ops import cpu_kernels
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
 
 TINY = ["backbone.d_model=32", "backbone.n_layers=2", "backbone.mlp_hidden=64", "backbone.mamba2.headdim=16"]

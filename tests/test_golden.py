@@ -12,9 +12,8 @@ from conftest import save_release_checkpoint
 from safetensors.torch import load_file
 
 from ssmttm.backbones.base import Context
-from ssmttm.backbones.mamba import Mamba
-from ssmttm.backbones.mamba2 import Mamba2
-from ssmttm.config import Mamba2Config, MambaConfig
+from ssmttm.backbones.mamba import Mamba, MambaConfig
+from ssmttm.backbones.mamba2 import Mamba2, Mamba2Config
 from ssmttm.pretrained import load_pretrained
 from ssmttm.release import import_release
 

@@ -16,12 +16,12 @@ import soundfile as sf
 import torch
 
 from ssmttm.cli import main
-from ssmttm.config import load_preset
 from ssmttm.generation import SamplingConfig
 from ssmttm.generation.pipeline import GenerationError, TextToMusic
 from ssmttm.generation.sampling import sample
 from ssmttm.lm import MusicLM
 from ssmttm.patterns import StreamingRevert
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
 
 TINY = [

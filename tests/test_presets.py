@@ -2,8 +2,8 @@
 
 import pytest
 
-from ssmttm.config import load_preset
 from ssmttm.lm import count_parameters
+from ssmttm.presets import load_preset
 
 
 def count(name):

@@ -10,8 +10,9 @@ import torch
 from conftest import tiny_lm
 from safetensors.torch import load_file, save_file
 
-from ssmttm.config import load_preset, to_dict
+from ssmttm.config import to_dict
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import (
     CONFIG,
     WEIGHTS,

@@ -16,11 +16,13 @@ import torch
 from conftest import save_release_checkpoint, save_tiny_dac
 from safetensors.torch import load_file
 
+from ssmttm.backbones import BackboneConfig
+from ssmttm.backbones.mamba2 import Mamba2Config
 from ssmttm.cli import main
 from ssmttm.codecs import load_codec
-from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config, load_preset
 from ssmttm.generation.pipeline import GenerationError, TextToMusic
-from ssmttm.lm import MusicLM
+from ssmttm.lm import LMConfig, MusicLM
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import PretrainedConfig, load_pretrained, read_config
 from ssmttm.release import ReleaseShape, import_release, infer_shape, lm_config
 from ssmttm.release.layout import to_release

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_lm
 
-from ssmttm.config import load_preset
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
+from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
 from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoderError, load_text_encoder

@@ -316,7 +316,7 @@ def test_a_resumed_run_takes_the_optimizer_settings_of_its_overrides(collection,
 
 
 def test_a_run_shorter_than_its_warmup_and_checkpoint_interval_scales_them():
-    from ssmttm.config import PRESET_DIR
+    from ssmttm.presets import PRESET_DIR
     from ssmttm.training.config import fit_to_run, load_train_config
 
     tiny = PRESET_DIR / "train" / "tiny-simba.yaml"  # warm-up 50, a checkpoint every 100 steps

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from ssmttm import __version__
+from ssmttm.backbones import mixer_spec
 from ssmttm.codecs.command import add_codec_commands, codec_names
-from ssmttm.config import ConfigError, load_preset, preset_names
+from ssmttm.config import ConfigError
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.generation.command import add_generate_command
 from ssmttm.lm import count_parameters
+from ssmttm.presets import load_preset, preset_names
 from ssmttm.release.command import add_import_command
 from ssmttm.training.command import add_training_commands
 from ssmttm.training.plot import add_plot_command
@@ -80,26 +82,19 @@ def _presets(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
+    import torch
+
     cfg = load_preset(args.preset, args.override)
     bb = cfg.backbone
     n = count_parameters(cfg)
-    mixer = {
-        "simba": "Mamba-2 + MLP",
-        "mamba2": "Mamba-2",
-        "mamba": "Mamba-1",
-        "transformer": "self-attention + MLP",
-    }
+    spec = mixer_spec(bb.kind)
     print(f"{args.preset}: {n:,} trainable parameters (text encoder excluded)")
-    print(f"  backbone      {bb.kind}: {bb.n_layers} x [{mixer[bb.kind]}], d_model {bb.d_model}")
-    if bb.kind in ("simba", "mamba2"):
-        m = bb.mamba2
-        state = bb.n_layers * (m.expand * bb.d_model) * m.d_state * 4
-        print(f"  decoding state {state / 2**20:.1f} MiB per row, the same at every length")
-    elif bb.kind == "mamba":
-        state = bb.n_layers * (bb.mamba.expand * bb.d_model) * bb.mamba.d_state * 4
+    print(f"  backbone      {bb.kind}: {bb.n_layers} x [{spec.description}], d_model {bb.d_model}")
+    if spec.fixed_state:
+        state = bb.n_layers * spec.state_bytes(bb, 0, torch.float32)
         print(f"  decoding state {state / 2**20:.1f} MiB per row, the same at every length")
     else:
-        per_step = bb.n_layers * 2 * bb.d_model * 4
+        per_step = bb.n_layers * (spec.state_bytes(bb, 1, torch.float32) - spec.state_bytes(bb, 0, torch.float32))
         print(f"  KV cache      grows by {per_step / 2**10:.0f} KiB per row and step")
     print(f"  tokens        {cfg.num_codebooks} codebooks of {cfg.cardinality} (+1 special), {cfg.pattern} pattern")
     print(f"  text          {cfg.text_dim}-d embeddings, {cfg.conditioning} conditioning, mask {cfg.text_mask}")

@@ -15,17 +15,56 @@ null embedding: the model's null condition, which CFG's unconditional branch use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmttm.backbones import BatchState, Context, StackState, build_backbone
+from ssmttm.backbones import MIXERS, BackboneConfig, BatchState, Context, StackState, build_backbone, mixer_spec
 from ssmttm.beat_clock import FEATURES, clock_features
-from ssmttm.config import LMConfig
+from ssmttm.config import ConfigError
 from ssmttm.ops.linear import linear
 from ssmttm.patterns import CodebookPattern, make_pattern
+
+
+@dataclass
+class LMConfig:
+    """The music language model: codebook streams, text conditioning, positions, loss."""
+
+    num_codebooks: int = 4
+    cardinality: int = 1024  # codebook size; the special (pad/start) id equals it
+    text_dim: int = 768  # width of the text encoder's embeddings
+    pattern: Literal["delay", "parallel"] = "delay"
+    conditioning: Literal["prefix", "cross"] = "prefix"
+    # "none": the recurrence carries order (SSM default). "sinusoidal": the release's absolute
+    # embedding over [text; audio]. "rope": rotary, inside self-attention (transformer default).
+    positions: Literal["none", "sinusoidal", "rope"] = "none"
+    # "apply": masked text positions are absent. "ignore": the release's behaviour (docs/release.md).
+    text_mask: Literal["apply", "ignore"] = "apply"
+    label_smoothing: float = 0.1
+    caption_dropout: float = 0.1  # classifier-free guidance: drop the whole caption
+    token_dropout: float = 0.1  # and single text tokens
+    # A metronome input (beat_clock.py): every frame gets its place in the beat of the tempo the
+    # caption states. Off in the release's layout and in models trained before it existed.
+    beat_clock: bool = False
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+    def __post_init__(self) -> None:
+        if self.positions == "rope" and not mixer_spec(self.backbone.kind).rotary:
+            rotary = ", ".join(kind for kind, spec in MIXERS.items() if spec.rotary)
+            raise ConfigError(f"positions: rope needs self-attention; use it with backbone.kind {rotary}")
+        if self.num_codebooks < 1 or self.cardinality < 1:
+            raise ConfigError("num_codebooks and cardinality must be positive")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cardinality + 1
+
+    @property
+    def special_token(self) -> int:
+        return self.cardinality
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:

@@ -25,10 +25,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from ssmttm.config import ConfigError, LMConfig, from_dict, to_dict
+from ssmttm.config import ConfigError, from_dict, to_dict
 from ssmttm.files import atomic_write, read_text, write_json
 from ssmttm.hub import first_line, how_to_provide, offline
-from ssmttm.lm import MusicLM
+from ssmttm.lm import LMConfig, MusicLM
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

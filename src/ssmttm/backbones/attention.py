@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmttm.backbones.base import BatchState, Context, Mixer
+from ssmttm.backbones.base import BatchState, Context, Mixer, matmul_flops
 from ssmttm.ops.linear import linear
 
 
@@ -129,3 +129,30 @@ class CrossAttention(nn.Module):
         mask = None if memory.mask is None else memory.mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, memory.k, memory.v, attn_mask=mask).transpose(1, 2).flatten(-2)
         return linear(out[:, 0] if single else out, self.out_proj)
+
+
+def self_attention_flops(d_model: int, length: int) -> float:
+    """Causal self-attention over `length` positions, scores at the full (T, T) cost SDPA computes."""
+    return (
+        matmul_flops(length, d_model, 3 * d_model)  # qkv
+        + matmul_flops(length, d_model, length)  # scores Q K^T, summed over heads: the full (T, T) matrix
+        + matmul_flops(length, length, d_model)  # weighted sum of values, likewise full
+        + matmul_flops(length, d_model, d_model)  # out_proj
+    )
+
+
+def cross_attention_flops(d_model: int, length: int, memory: int) -> float:
+    """Cross-attention of `length` positions to `memory` text positions."""
+    return (
+        matmul_flops(length, d_model, d_model)  # q_proj
+        + matmul_flops(memory, d_model, 2 * d_model)  # kv_proj over the text, once per layer
+        + matmul_flops(length, d_model, memory)  # scores
+        + matmul_flops(length, memory, d_model)  # weighted sum of values
+        + matmul_flops(length, d_model, d_model)  # out_proj
+    )
+
+
+def kv_cache_bytes(d_model: int, positions: int) -> int:
+    """One row's keys, values (fp32) and mask (bool) for `positions` positions in one layer; the
+    cache's buffers double when full, so it holds up to twice that."""
+    return positions * (2 * d_model * 4 + 1)

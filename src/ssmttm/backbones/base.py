@@ -51,6 +51,11 @@ class BatchState:
     # KV caches and positions are left alone.
     recurrent_fields: ClassVar[tuple[str, ...]] = ()
 
+    def check_rows(self, rows: int) -> None:
+        """Raise ValueError unless a step of `rows` input rows fits this state. A mixer whose step
+        would broadcast one row over another's batch (or whose kernel would read past it) says so
+        here; the default trusts the step's own shape errors."""
+
     def with_recurrent_dtype(self: S, dtype: torch.dtype) -> S:
         """This state with every recurrent field, nested ones included, stored in `dtype`.
 
@@ -120,6 +125,16 @@ class Backbone(Mixer[S], ABC):
     """A whole backbone: (B, T, D) in, (B, T, D) out, under the same three-method contract."""
 
     d_model: int
+
+
+def matmul_flops(m: int, k: int, n: int) -> float:
+    """An (m, k) x (k, n) matrix product, at 2 m n k: the unit of every FLOP formula here."""
+    return 2.0 * m * k * n
+
+
+def padded_length(length: int, chunk_size: int) -> int:
+    """The length the chunked scans run at: padded up to a multiple of chunk_size."""
+    return -(-length // chunk_size) * chunk_size
 
 
 def real_positions(ctx: Context, x: Tensor) -> Tensor | None:

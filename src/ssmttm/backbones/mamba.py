@@ -9,12 +9,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmttm.backbones.base import BatchState, Context, Mixer, real_positions
+from ssmttm.backbones.base import BatchState, Context, Mixer, matmul_flops, padded_length, real_positions
 from ssmttm.backbones.mamba2 import inverse_softplus_dt
-from ssmttm.config import MambaConfig
 from ssmttm.ops.conv import causal_conv1d, causal_conv1d_step, conv_window
 from ssmttm.ops.linear import linear
 from ssmttm.ops.selective_scan import selective_scan_chunked, selective_scan_step
+
+
+@dataclass
+class MambaConfig:
+    """The Mamba-1 selective-scan mixer; defaults are mamba_ssm's `Mamba` defaults."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 means mamba_ssm's "auto": ceil(d_model / 16)
+    chunk_size: int = 32
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
 
 
 @dataclass
@@ -78,3 +91,23 @@ class Mamba(Mixer[MambaState]):
         y = selective_scan_step(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C)
         y = (y + x * self.D) * F.silu(z)
         return linear(y, self.out_proj), state
+
+
+def mamba_flops(d_model: int, cfg: MambaConfig, length: int) -> float:
+    """One Mamba-1 mixer over `length` positions (training/flops.py says what is counted)."""
+    d_inner = cfg.expand * d_model
+    dt_rank = cfg.dt_rank or math.ceil(d_model / 16)
+    return (
+        matmul_flops(length, d_model, 2 * d_inner)  # in_proj: x, z
+        + 2.0 * length * d_inner * cfg.d_conv  # depthwise causal conv over x
+        + matmul_flops(length, d_inner, dt_rank + 2 * cfg.d_state)  # x_proj: dt (low rank), B, C
+        + matmul_flops(length, dt_rank, d_inner)  # dt_proj
+        + matmul_flops(padded_length(length, cfg.chunk_size), d_inner, cfg.d_state)  # scan read-out y = h . C
+        + matmul_flops(length, d_inner, d_model)  # out_proj
+    )
+
+
+def mamba_state_bytes(d_model: int, cfg: MambaConfig, state_dtype: torch.dtype) -> int:
+    """One row's `MambaState` in one layer: the fp32 convolution window and the SSM state."""
+    d_inner = cfg.expand * d_model
+    return d_inner * cfg.d_conv * 4 + d_inner * cfg.d_state * state_dtype.itemsize

@@ -4,10 +4,10 @@ In eager mode a GPU step of a small LM is hundreds of tiny kernel launches, and 
 Python between them (benchmarks/README.md, gpu_speed.py: 25-55 steps/s on an H200, where the
 graphed step runs at 277). A graph records the launches once and replays them in one call.
 
-Only a state of fixed size can be captured: the SSM backbones update theirs in place, so the same
-tensors serve every position, and one capture serves a whole clip. The transformer's KV cache
-grows, so it decodes eagerly. The position and the beat clock's column, plain ints in eager mode,
-become device tensors here, advanced inside the graph.
+Only a state of fixed size can be captured (the registry's `MixerSpec.cuda_graph`): the SSM
+backbones update theirs in place, so the same tensors serve every position, and one capture serves
+a whole clip. The transformer's KV cache grows, so it decodes eagerly. The position and the beat
+clock's column, plain ints in eager mode, become device tensors here, advanced inside the graph.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from ssmttm.backbones import mixer_spec
 from ssmttm.lm import LMState, MusicLM
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graph capture requires
@@ -24,7 +25,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graph c
 
 def graphs_apply(lm: MusicLM, device: torch.device) -> bool:
     """Whether `lm` can decode from a captured graph on `device`: CUDA and a fixed-size state."""
-    return device.type == "cuda" and lm.cfg.backbone.kind != "transformer"
+    return device.type == "cuda" and mixer_spec(lm.cfg.backbone.kind).cuda_graph
 
 
 class GraphedStep:

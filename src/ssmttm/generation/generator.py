@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ssmttm.backbones import mixer_spec
 from ssmttm.beat_clock import no_clock
 from ssmttm.generation.cuda_graph import GraphedStep, graphs_apply
 from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
@@ -51,12 +52,14 @@ class Generator:
         if state_dtype == torch.float32:
             state_dtype = None
         if state_dtype is not None:
-            if lm.cfg.backbone.kind == "transformer":
+            spec = mixer_spec(lm.cfg.backbone.kind)
+            if not spec.fixed_state:
                 raise ValueError(
-                    "state_dtype applies to the SSM backbones' recurrent state; a transformer has a KV cache"
+                    f"state_dtype applies to an SSM's recurrent state; a {lm.cfg.backbone.kind} has a KV cache"
                 )
-            if state_dtype != torch.bfloat16:  # fp16's range could overflow a state; the kernels take bf16
-                raise ValueError(f"state_dtype must be torch.float32 or torch.bfloat16, not {state_dtype}")
+            if state_dtype not in spec.state_dtypes:  # fp16's range could overflow a state; the kernels take bf16
+                choices = " or ".join(map(str, spec.state_dtypes))
+                raise ValueError(f"state_dtype must be {choices}, not {state_dtype}")
         self.lm = lm.eval()
         self.cuda_graph = cuda_graph
         self.state_dtype = state_dtype
@@ -157,7 +160,9 @@ class Generator:
         applies = graphs_apply(self.lm, device)
         if self.cuda_graph and not applies:
             kind = self.lm.cfg.backbone.kind
-            raise ValueError(f"cuda_graph=True needs a CUDA device and an SSM backbone; this is a {kind} on {device}")
+            raise ValueError(
+                f"cuda_graph=True needs a CUDA device and a fixed-size state; this is a {kind} on {device}"
+            )
         return applies
 
     def _prompt_columns(

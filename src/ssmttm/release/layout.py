@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config
-from ssmttm.lm import MusicLM
+from ssmttm.backbones import BackboneConfig
+from ssmttm.backbones.mamba2 import Mamba2Config
+from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.pretrained import few, state_dict_problems
 
 # (release prefix, our prefix); {i} stands for a block or codebook index.

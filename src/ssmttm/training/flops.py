@@ -1,4 +1,5 @@
-"""Training FLOPs per token, written as formulas of the layer shapes.
+"""Training FLOPs per token, written as formulas of the layer shapes; each mixer's own formula
+lives beside it in backbones/ and is reached through the registry.
 
 A token is one column of the pattern sequence: one frame position, whose K codebook entries are
 embedded and summed into a single backbone position and read out by the K heads. So the K
@@ -35,9 +36,10 @@ operands, each a product of the same size.
 
 from __future__ import annotations
 
-import math
-
-from ssmttm.config import BackboneConfig, LMConfig, Mamba2Config, MambaConfig
+from ssmttm.backbones import BackboneConfig, mixer_spec
+from ssmttm.backbones.attention import cross_attention_flops
+from ssmttm.backbones.base import matmul_flops
+from ssmttm.lm import LMConfig
 
 
 def forward_flops(cfg: LMConfig, seq_len: int, text_len: int = 0) -> float:
@@ -53,9 +55,9 @@ def forward_flops(cfg: LMConfig, seq_len: int, text_len: int = 0) -> float:
     cross = cfg.conditioning == "cross"
     length = (1 if cross else text) + seq_len  # backbone positions: prefix (or start) + columns
     return (
-        _mm(text, cfg.text_dim, d)  # text projection
+        matmul_flops(text, cfg.text_dim, d)  # text projection
         + _backbone_flops(cfg.backbone, length, memory=text if cross else 0)
-        + cfg.num_codebooks * _mm(seq_len + 1, d, cfg.vocab_size)  # K output heads
+        + cfg.num_codebooks * matmul_flops(seq_len + 1, d, cfg.vocab_size)  # K output heads
     )
 
 
@@ -66,79 +68,10 @@ def training_flops_per_token(cfg: LMConfig, seq_len: int, text_len: int = 0) -> 
     return 3.0 * forward_flops(cfg, seq_len, text_len) / seq_len
 
 
-def _mm(m: int, k: int, n: int) -> float:
-    """An (m, k) x (k, n) matrix product."""
-    return 2.0 * m * k * n
-
-
 def _backbone_flops(cfg: BackboneConfig, length: int, memory: int) -> float:
     """The residual stack over `length` positions; memory > 0 adds cross-attention to it."""
     d = cfg.d_model
-    if cfg.kind in ("simba", "mamba2"):
-        mixer = _mamba2_flops(d, cfg.mamba2, length)
-    elif cfg.kind == "mamba":
-        mixer = _mamba_flops(d, cfg.mamba, length)
-    elif cfg.kind == "transformer":
-        mixer = _self_attention_flops(d, length)
-    else:
-        raise ValueError(f"unknown backbone kind {cfg.kind!r}")
-    cross = _cross_attention_flops(d, length, memory) if memory else 0.0
-    mlp = 2 * _mm(length, d, cfg.mlp_hidden)  # fc1 and fc2; zero without an MLP
+    mixer = mixer_spec(cfg.kind).flops(cfg, length)
+    cross = cross_attention_flops(d, length, memory) if memory else 0.0
+    mlp = 2 * matmul_flops(length, d, cfg.mlp_hidden)  # fc1 and fc2; zero without an MLP
     return cfg.n_layers * (mixer + cross + mlp)
-
-
-def _padded(length: int, chunk_size: int) -> int:
-    """The length the chunked scans run at: padded up to a multiple of chunk_size."""
-    return math.ceil(length / chunk_size) * chunk_size
-
-
-def _mamba2_flops(d: int, cfg: Mamba2Config, length: int) -> float:
-    d_inner = cfg.expand * d
-    nheads = d_inner // cfg.headdim
-    bc = 2 * cfg.ngroups * cfg.d_state  # B and C, one (d_state) pair per group
-    conv_dim = d_inner + bc
-    q, n, padded = cfg.chunk_size, cfg.d_state, _padded(length, cfg.chunk_size)
-    ssd = (
-        _mm(padded, n, q) * cfg.ngroups  # C B^T inside each chunk: (q, n) x (n, q) per group
-        + _mm(padded, q, d_inner)  # (C B^T * decay) x (x dt) inside each chunk: (q, q) x (q, p) per head
-        + _mm(padded, d_inner, n)  # chunk states: (h p, q) x (q, n) per chunk
-        + _mm(padded, d_inner, n)  # entering state read out by C: (h p, n) x (n, q) per chunk
-    )
-    return (
-        _mm(length, d, d_inner + conv_dim + nheads)  # in_proj: z, x B C, dt
-        + 2.0 * length * conv_dim * cfg.d_conv  # depthwise causal conv over x B C
-        + ssd
-        + _mm(length, d_inner, d)  # out_proj
-    )
-
-
-def _mamba_flops(d: int, cfg: MambaConfig, length: int) -> float:
-    d_inner = cfg.expand * d
-    dt_rank = cfg.dt_rank or math.ceil(d / 16)
-    return (
-        _mm(length, d, 2 * d_inner)  # in_proj: x, z
-        + 2.0 * length * d_inner * cfg.d_conv  # depthwise causal conv over x
-        + _mm(length, d_inner, dt_rank + 2 * cfg.d_state)  # x_proj: dt (low rank), B, C
-        + _mm(length, dt_rank, d_inner)  # dt_proj
-        + _mm(_padded(length, cfg.chunk_size), d_inner, cfg.d_state)  # scan read-out y = h . C
-        + _mm(length, d_inner, d)  # out_proj
-    )
-
-
-def _self_attention_flops(d: int, length: int) -> float:
-    return (
-        _mm(length, d, 3 * d)  # qkv
-        + _mm(length, d, length)  # scores Q K^T, summed over heads: the full (T, T) matrix
-        + _mm(length, length, d)  # weighted sum of values, likewise full
-        + _mm(length, d, d)  # out_proj
-    )
-
-
-def _cross_attention_flops(d: int, length: int, memory: int) -> float:
-    return (
-        _mm(length, d, d)  # q_proj
-        + _mm(memory, d, 2 * d)  # kv_proj over the text, once per layer
-        + _mm(length, d, memory)  # scores
-        + _mm(length, memory, d)  # weighted sum of values
-        + _mm(length, d, d)  # out_proj
-    )

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
-from ssmttm.config import ConfigError, LMConfig, from_dict
+from ssmttm.config import ConfigError, from_dict
 from ssmttm.files import atomic_write, read_text
+from ssmttm.lm import LMConfig
 from ssmttm.training.layout import CONFIG, METRICS
 from ssmttm.training.layout import METRIC_FIELDS as COLUMNS
 
