@@ -1,7 +1,9 @@
-"""Files written atomically: a temporary file beside the target, then a rename.
+"""Files written atomically: a temporary file beside the target, flushed to disk, then a rename.
 
 A reader (or a run killed mid-write and started again) sees the old file or the new one, never a
 half-written one. Temporary files are hidden (a leading dot), so folder scans skip them.
+`atomic_write` does it all for a file written through a callback; a file (or folder) that another
+library writes to a path of its own goes to `staging_path` and then through `replace_durably`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,24 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def staging_path(path: str | Path) -> Path:
+    """The hidden name beside `path` under which a file is written before `replace_durably` renames
+    it over `path`: out.flac -> .out.flac.tmp. Fixed rather than random, so that the processes of
+    a distributed run agree on it and a run started again overwrites what a killed one left."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
 def replace_durably(tmp: str | Path, path: str | Path) -> None:
-    """Rename a file written under another name over `path`, its bytes on disk first: the last step
-    of a file that could not go through `atomic_write`, such as one readable while it grows."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    """Rename a file, or a folder, written under another name over `path`, its bytes on disk first
+    (every file in a folder, then the folder): the last step of what could not go through
+    `atomic_write`, such as a file readable while it grows or a build folder."""
+    tmp = Path(tmp)
+    if tmp.is_dir():
+        for inner in sorted(tmp.rglob("*")):
+            if not inner.is_symlink() and (inner.is_file() or inner.is_dir()):
+                _fsync(inner)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -62,6 +77,14 @@ def read_json(path: str | Path) -> Any:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in read_text(path).splitlines() if line]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a read-only descriptor may be synced, and opens a folder too
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

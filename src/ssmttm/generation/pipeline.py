@@ -26,7 +26,7 @@ from torch import Tensor
 from ssmttm.audio import GrowingWav, audio_format, partial_path
 from ssmttm.beat_clock import tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
-from ssmttm.files import replace_durably
+from ssmttm.files import replace_durably, staging_path
 from ssmttm.generation.generator import Generator, Text
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
@@ -269,7 +269,7 @@ class TextToMusic:
         path = Path(path)
         fmt = audio_format(path)
         partial = partial_path(path)
-        encoded = None if fmt == "WAV" else path.with_name(f".{path.name}.tmp")
+        encoded = None if fmt == "WAV" else staging_path(path)
         chunks = self.stream(prompt, duration, **kwargs)
         first = next(chunks, None)  # a bad request raises here, before any file exists
         wav = GrowingWav(partial, self.sample_rate)

@@ -10,7 +10,6 @@ whichever trigger (steps, minutes, the end, a stop) wrote it.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ssmttm.files import replace_durably, staging_path
 
 
 @dataclass
@@ -69,16 +70,14 @@ def _as_tuples(value: Any) -> Any:
 
 def save_checkpoint(fabric, path: Path, state: dict[str, Any]) -> None:
     """Write `state` (modules and optimizers in it are saved as state dicts) atomically to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = staging_path(path)
     if fabric.global_rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
     fabric.barrier()
     fabric.save(tmp, state)
     fabric.barrier()
     if fabric.global_rank == 0:
-        with open(tmp, "rb") as f:  # bytes on disk before the rename, so a power cut cannot leave it empty
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)  # bytes on disk before the rename, so a power cut cannot leave it empty
     fabric.barrier()
 
 
