@@ -1,11 +1,29 @@
-"""The Hugging Face Hub from a machine that may not reach it: what codecs and text encoders both
-need to fail fast and say how to bring a model here."""
+"""The Hugging Face Hub from a machine that may not reach it: what codecs, text encoders and
+exported models all need to tell a hub id from a local path, fail fast and say how to bring a
+model here."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
+
+
+def is_local_path(source: str | Path) -> bool:
+    """Whether `source` names a local file or folder: one that exists, or a string written as a path
+    (starting with ".", "/" or "~"), which is never taken for a hub id, even while it is missing."""
+    text = str(source)
+    return text.startswith((".", "/", "~")) or Path(text).expanduser().exists()
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """Whether `source` names a model on the Hugging Face Hub: "owner/name", and not a local path.
+    What is neither (a short name, a typo) is for the caller to resolve or refuse."""
+    return not is_local_path(source) and HUB_ID.fullmatch(str(source)) is not None
 
 
 def offline() -> bool:

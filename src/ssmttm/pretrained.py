@@ -13,7 +13,6 @@ The codec and the text encoder are frozen, so they are named (anything `load_cod
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,12 @@ from torch import Tensor
 
 from ssmttm.config import ConfigError, from_dict, to_dict
 from ssmttm.files import atomic_write, read_text, write_json
-from ssmttm.hub import first_line, how_to_provide, offline
+from ssmttm.hub import first_line, how_to_provide, is_hub_id, offline
 from ssmttm.lm import LMConfig, MusicLM
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT_VERSION = 1
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class PretrainedError(ValueError):
@@ -170,7 +168,7 @@ def resolve(source: str | Path) -> Path:
     """The local folder of `source`: a folder as it is, or a hub id's snapshot (cached or downloaded)."""
     text = str(source)
     path = Path(text).expanduser()
-    if path.exists() or text.startswith((".", "/", "~")) or not HUB_ID.fullmatch(text):
+    if not is_hub_id(text):
         if not path.is_dir():
             raise PretrainedError(f"no model folder at {path}: pass a folder `ssmttm export` wrote, or a hub id")
         return path

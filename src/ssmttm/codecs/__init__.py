@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from importlib import import_module
 from pathlib import Path
 
 import torch
 
 from ssmttm.codecs.base import Codec, CodecError
-from ssmttm.hub import cached_config, how_to_provide, offline
+from ssmttm.hub import cached_config, how_to_provide, is_hub_id, offline
 
 __all__ = ["Codec", "CodecError", "codec_device", "load_codec"]
 
@@ -26,7 +25,6 @@ CLASSES = {"dac": "ssmttm.codecs.dac:DacCodec", "encodec": "ssmttm.codecs.encode
 # Codecs that need no download: name -> "module:factory", called as factory(num_codebooks, device).
 # The embedded offline codec registers here as "embedded".
 BUILTIN: dict[str, str] = {"embedded": "ssmttm.codecs.spectral.codec:load_embedded"}
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def codec_device(name: str, device: str | torch.device) -> str:
@@ -58,7 +56,7 @@ def load_codec(name: str, num_codebooks: int | None = None, device: str = "cpu")
     if path.exists():
         kind = _model_type(path / "config.json", path)
         source = str(path)
-    elif HUB_ID.fullmatch(source) and not source.startswith("."):
+    elif is_hub_id(source):
         kind = _hub_model_type(source)
     else:
         known = ", ".join(sorted({*NAMES, *BUILTIN}))

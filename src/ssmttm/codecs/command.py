@@ -118,14 +118,14 @@ def _codec_config(name: str, source: str, path: Path):
     """The transformers config of a local folder or hub id: its own config.json where this machine
     has one (the folder, or the Hugging Face cache), else the known architecture of the hub ids
     our short names stand for, else the hub's config.json (a few kB) when the hub is reachable."""
-    from ssmttm.codecs import BUILTIN, HUB_ID, NAMES, CodecError
+    from ssmttm.codecs import BUILTIN, NAMES, CodecError
     from ssmttm.codecs.dac import DAC_44KHZ, dac_44khz_config
     from ssmttm.codecs.encodec import ENCODEC_32KHZ, encodec_32khz_config
-    from ssmttm.hub import cached_config, how_to_provide, offline
+    from ssmttm.hub import cached_config, how_to_provide, is_hub_id, offline
 
     if path.exists():
         return _read_config(path / "config.json", source)
-    if not HUB_ID.fullmatch(source) or source.startswith("."):
+    if not is_hub_id(source):
         known = ", ".join(sorted({*NAMES, *BUILTIN}))
         raise CodecError(f"unknown codec {name!r}: not a local folder, a hub id or one of {known}")
     cached = cached_config(source)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ssmttm.hub import is_hub_id, is_local_path
 from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens, pad_left
 from ssmttm.text.cache import EmbeddingCache
 from ssmttm.text.hf import check_available
@@ -55,10 +56,10 @@ def load_text_encoder(
 
         return MiniLMEncoder.from_package(device, max_length)
     path = Path(source).expanduser()
-    if path.exists() or source.startswith((".", "/", "~")):  # a folder: its config says which encoder
-        kind = _model_type(path)
+    if is_local_path(source):  # a folder: its config says which encoder
+        kind = _model_type(source)
         source = str(path.resolve())  # the id, a cache key, must not depend on the working directory
-    elif source.count("/") == 1:  # a hub id: only its name says which encoder it is
+    elif is_hub_id(source):  # only its name says which encoder it is
         kind = "t5" if "t5" in source.lower() else "bert" if "minilm" in source.lower() else None
         if kind is None:
             raise TextEncoderError(f"cannot tell whether hub id {name!r} is a T5 or a BERT encoder: pass its folder")
@@ -83,9 +84,9 @@ def load_text_encoder(
     raise TextEncoderError(f"{name!r} is not a text encoder we know how to load (model type {kind!r}): use T5 or BERT")
 
 
-def _model_type(path: Path) -> str | None:
-    check_available(str(path))
-    config = path / "config.json"
+def _model_type(folder: str) -> str | None:
+    check_available(folder)  # the string as given: Path("./x") would drop the "./" that makes it a path
+    config = Path(folder).expanduser() / "config.json"
     try:
         return json.loads(config.read_text()).get("model_type")
     except json.JSONDecodeError:

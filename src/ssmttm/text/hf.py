@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssmttm.hub import cached_config, first_line, how_to_provide, offline, quiet_loading
+from ssmttm.hub import cached_config, first_line, how_to_provide, is_local_path, offline, quiet_loading
 from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens
 
 # Tokenizers that declare no real limit (ByT5's is 1e30) fall back to this.
@@ -103,7 +103,7 @@ def load_pretrained(model_class: Any, source: str) -> tuple[Any, Any]:
 
 def check_available(source: str) -> None:
     """Fail fast (before transformers retries or imports) on a missing folder or an uncached offline hub id."""
-    if source.startswith((".", "/", "~")) or Path(source).exists():
+    if is_local_path(source):
         path = Path(source).expanduser()
         if not (path / "config.json").is_file():
             what = "has no config.json" if path.is_dir() else "does not exist"
