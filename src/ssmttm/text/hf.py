@@ -86,7 +86,7 @@ class TransformersEncoder(TextEncoder):
         return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
 
 
-def load_pretrained(model_class: Any, source: str) -> tuple[Any, Any]:
+def load_hf_text_model(model_class: Any, source: str) -> tuple[Any, Any]:
     """(model, tokenizer) from a local folder or a hub id, or one TextEncoderError line saying how to get it."""
     from transformers import AutoTokenizer
 

