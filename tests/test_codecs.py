@@ -384,6 +384,16 @@ def test_a_folder_without_weights_is_a_clear_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("weights", [None, b"not a safetensors file"])
+def test_an_encodec_folder_that_does_not_load_says_how_to_get_encodec_not_dac(tmp_path, weights):
+    (tmp_path / "config.json").write_text('{"model_type": "encodec"}')
+    if weights is not None:
+        (tmp_path / "model.safetensors").write_bytes(weights)
+    with pytest.raises(CodecError, match=r"cannot load EnCodec from .*hf download facebook/encodec_32khz") as err:
+        load_codec(str(tmp_path))
+    assert str(tmp_path) in str(err.value) and "dac" not in str(err.value).lower()
+
+
 def test_bad_codebook_count_and_folders_are_clear_errors(tiny_dac_dir, tiny_encodec_dir, tmp_path):
     with pytest.raises(CodecError, match="has 4 codebooks; cannot use 5"):
         load_codec(str(tiny_dac_dir), num_codebooks=5)

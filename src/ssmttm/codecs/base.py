@@ -22,14 +22,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ssmttm.audio import resample
-from ssmttm.hub import first_line, how_to_provide, quiet_loading
+from ssmttm.hub import first_line, how_to_provide, is_local_path, quiet_loading
 
 
 class CodecError(ValueError):
@@ -255,12 +254,18 @@ def _check_audio(wav: Tensor, sample_rate: int) -> int:
     return int(sample_rate)
 
 
-def load_pretrained(model_class, source: str, what: str):
-    """`model_class.from_pretrained(source)`: a local folder, or a hub id (from the cache when
-    offline). A source that cannot be had is one CodecError saying how to provide it."""
+def load_hf_codec_model(model_class, source: str, what: str, hub_id: str):
+    """The `transformers` model of a codec, `model_class.from_pretrained(source)`: a local folder,
+    or a hub id (from the cache when offline). A source that cannot be had is one CodecError
+    saying how to provide it; for a folder, that is a complete one of its kind, `hub_id`."""
+    from safetensors import SafetensorError  # a weights file that is not one: transformers lets it through
+
     try:
         with quiet_loading():
             return model_class.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        hub_id = "descript/dac_44khz" if Path(source).exists() else source
-        raise CodecError(f"cannot load {what} from {source!r} ({first_line(err)}); {how_to_provide(hub_id)}") from None
+    except (OSError, ValueError, SafetensorError) as err:
+        if is_local_path(source):
+            how = f"a saved {what} folder holds config.json and the weights; {how_to_provide(hub_id)}"
+        else:
+            how = how_to_provide(source)
+        raise CodecError(f"cannot load {what} from {source!r} ({first_line(err)}); {how}") from None

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_pretrained
+from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_hf_codec_model
 
 DAC_44KHZ = "descript/dac_44khz"
 RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # a residual unit stack: kernel-7 convs dilated 1, 3 and 9, each reaching 3 * d
@@ -49,7 +49,7 @@ class DacCodec(Codec):
         """A local folder saved with `save_pretrained`, or a hub id when the hub is reachable."""
         from transformers import DacModel
 
-        return cls(load_pretrained(DacModel, name, "DAC"), name, num_codebooks, device)
+        return cls(load_hf_codec_model(DacModel, name, "DAC", DAC_44KHZ), name, num_codebooks, device)
 
     def _encode(self, wav: Tensor) -> Tensor:
         return self.model.encode(wav.to(self.device), n_quantizers=self.num_codebooks).audio_codes

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_pretrained
+from ssmttm.codecs.base import Codec, CodecError, CodecFacts, load_hf_codec_model
 
 ENCODEC_32KHZ = "facebook/encodec_32khz"
 # Both the encoder and the decoder end in a unidirectional LSTM, so a frame depends on all the
@@ -64,7 +64,7 @@ class EncodecCodec(Codec):
         """A local folder saved with `save_pretrained`, or a hub id when the hub is reachable."""
         from transformers import EncodecModel
 
-        return cls(load_pretrained(EncodecModel, name, "EnCodec"), name, num_codebooks, device)
+        return cls(load_hf_codec_model(EncodecModel, name, "EnCodec", ENCODEC_32KHZ), name, num_codebooks, device)
 
     def _encode(self, wav: Tensor) -> Tensor:
         out = self.model.encode(wav.to(self.device), bandwidth=self.bandwidth, return_dict=True)
