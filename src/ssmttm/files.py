@@ -2,8 +2,8 @@
 
 A reader (or a run killed mid-write and started again) sees the old file or the new one, never a
 half-written one. Temporary files are hidden (a leading dot), so folder scans skip them.
-`atomic_write` does it all for a file written through a callback; a file (or folder) that another
-library writes to a path of its own goes to `staging_path` and then through `replace_durably`.
+`atomic_write` does it all for a file written through a callback; a file that another
+library writes to a path of its own is written to `staging_path`, then goes through `replace_durably`.
 """
 
 from __future__ import annotations
@@ -42,15 +42,10 @@ def staging_path(path: str | Path) -> Path:
 
 
 def replace_durably(tmp: str | Path, path: str | Path) -> None:
-    """Rename a file, or a folder, written under another name over `path`, its bytes on disk first
-    (every file in a folder, then the folder): the last step of what could not go through
-    `atomic_write`, such as a file readable while it grows or a build folder."""
-    tmp = Path(tmp)
-    if tmp.is_dir():
-        for inner in sorted(tmp.rglob("*")):
-            if not inner.is_symlink() and (inner.is_file() or inner.is_dir()):
-                _fsync(inner)
-    _fsync(tmp)
+    """Rename a file written under another name over `path`, its bytes on disk first: the last step
+    of a file that could not go through `atomic_write`, such as one readable while it grows."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -77,14 +72,6 @@ def read_json(path: str | Path) -> Any:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in read_text(path).splitlines() if line]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # a read-only descriptor may be synced, and opens a folder too
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int:

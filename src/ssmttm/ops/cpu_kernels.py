@@ -35,8 +35,6 @@ from types import ModuleType
 
 import torch
 
-from ssmttm.files import replace_durably
-
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
@@ -125,7 +123,7 @@ def _build(name: str, flags: list[str], root: Path, isa: str) -> ModuleType:
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    replace_durably(building, root / name)  # the loaded library stays mapped; later runs find it here
+    building.rename(root / name)  # the loaded library stays mapped; later runs find it under the final name
     return module
 
 
