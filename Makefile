@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test test-all lint format bench clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,17 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/ssmttm generate "An upbeat funk groove with slap bass, clavinet and a brass lead" \
 		--duration 10 --seed 0 -o demo.wav
 
+# ruff, then the import contracts in pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
+# test: what to run while working (minutes-long tests, marked slow, left out); test-all: everything, as CI does.
 test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+test-all: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 format: setup

@@ -460,7 +460,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_our_synthetic_corpus_prepares_without_a_captions_argument(tmp_path, tiny_dac_dir):
     from ssmttm.data.synth import synthesize_corpus
 
-    synthesize_corpus(tmp_path / "corpus", n=3, seed=5, duration_s=3.0, sample_rate=22050)
+    synthesize_corpus(tmp_path / "corpus", n=2, seed=5, duration_s=2.0, sample_rate=22050)
     result = run(tmp_path / "corpus", tmp_path / "out", tiny_dac_dir)
     assert result.merge is not None and result.merge.failures == 0
     store = TokenStore(tmp_path / "out")

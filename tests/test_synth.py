@@ -84,6 +84,7 @@ def _tempo_ok(estimate: float, stated: float) -> bool:
     return any(abs(estimate - stated * f) <= 0.05 * stated * f for f in (0.5, 1.0, 2.0))
 
 
+@pytest.mark.slow  # beat tracking, HPSS and chroma of every piece, about 19 s
 def test_audio_matches_its_metadata(corpus_dirs):
     """Beat-tracked tempo, percussive energy and the chroma's strongest classes against the metadata."""
     one, _ = corpus_dirs
