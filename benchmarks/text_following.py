@@ -49,7 +49,7 @@ from ssmttm.codecs.spectral.rvq import dequantize
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
-from ssmttm.stated_tempo import stated_bpm
+from ssmttm.text.stated_tempo import stated_bpm
 
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked

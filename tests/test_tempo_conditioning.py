@@ -11,8 +11,8 @@ from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
 from ssmttm.presets import load_preset
 from ssmttm.pretrained import save_pretrained
-from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoderError, load_text_encoder
+from ssmttm.text.stated_tempo import stated_bpm
 from ssmttm.text.tempo import TempoConditioned, tempo_vector
 
 

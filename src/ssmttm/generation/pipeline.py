@@ -32,8 +32,8 @@ from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
 from ssmttm.patterns import StreamingRevert
 from ssmttm.pretrained import GenerationDefaults, PretrainedConfig, load_pretrained, save_pretrained
-from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import TextEncoder, load_text_encoder
+from ssmttm.text.stated_tempo import stated_bpm
 
 MAX_DURATION_S = 3600.0  # a guard against typos (600000 s), not a limit of the method
 

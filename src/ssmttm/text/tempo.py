@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text.base import TextEncoder, TextEncoderError, Tokens, pad_left
+from ssmttm.text.stated_tempo import stated_bpm
 
 SUFFIX = "+tempo"
 REFERENCE_BPM = 120.0

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from ssmttm.beat_clock import tempo_clock
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import MANIFEST, PLAN
-from ssmttm.stated_tempo import stated_bpm
 from ssmttm.text import EmbeddingCache, TextEncoder, pad_left
+from ssmttm.text.stated_tempo import stated_bpm
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ssmttm.data.synth.attributes import PieceAttributes
 from ssmttm.data.synth.vocabulary import DYNAMICS_PHRASES, INSTRUMENTS, MOODS, STYLES
-from ssmttm.stated_tempo import STATED_BPM
+from ssmttm.text.stated_tempo import STATED_BPM
 
 DRUM_PHRASES: dict[str, tuple[str, ...]] = {
     "rock": ("a steady rock backbeat", "driving rock drums", "a backbeat on the drum kit"),

@@ -1,5 +1,6 @@
 """The tempo a caption states as a number: shared by the caption writer, the tempo conditioning
-(text/tempo.py) and the benchmarks that score it. Plain `re`, so importing it costs nothing."""
+(text/tempo.py) and the benchmarks that score it. Plain `re`, and `ssmttm.text` imports nothing
+heavy on its own, so the caption writer imports it without torch."""
 
 from __future__ import annotations
 
