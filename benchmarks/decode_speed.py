@@ -54,6 +54,7 @@ from speed_common import (
 )
 
 from ssmttm.backbones.blocks import Block
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.ops.linear import cast_linear_weights, linear
 
@@ -81,7 +82,7 @@ def run_steps(
         Block._fused_step_applies = lambda *_: False
     lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
     start = time.perf_counter()
-    _, state = lm.prefill(text)
+    _, state = lm.prefill(Conditioning(text))
     prefill_s = time.perf_counter() - start
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
@@ -104,9 +105,9 @@ def run_forward(preset: str, batch: int, positions: int) -> dict:
     """One parallel forward over `positions` audio positions after the text."""
     lm, text = build(preset, batch)
     seq = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks, positions))
-    lm(seq[..., :8], text)  # warm-up
+    lm(seq[..., :8], Conditioning(text))  # warm-up
     start = time.perf_counter()
-    lm(seq, text)
+    lm(seq, Conditioning(text))
     return {"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -144,7 +145,7 @@ def bf16_logit_difference(steps: int = 32) -> float:
     bf16 = Generator(fp32, weight_dtype=torch.bfloat16).lm
     tokens = torch.randint(0, fp32.cfg.cardinality, (steps, 2, fp32.cfg.num_codebooks))
     worst = 0.0
-    (la, sa), (lb, sb) = fp32.prefill(text), bf16.prefill(text)
+    (la, sa), (lb, sb) = fp32.prefill(Conditioning(text)), bf16.prefill(Conditioning(text))
     for t in range(steps):
         worst = max(worst, (la - lb).abs().max().item())
         (la, sa), (lb, sb) = fp32.step(tokens[t], sa), bf16.step(tokens[t], sb)

@@ -85,6 +85,7 @@ from speed_common import (
     worker,
 )
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.generation.sampling import SamplingConfig
 
@@ -184,7 +185,7 @@ def run_at(model: str, bf16: bool, batch: int, frames: int, steps: int, settle: 
     if model == "ours":
         lm, text = build(PRESET, batch, torch.bfloat16 if bf16 else None)
         reset_peak_rss()
-        _, state = lm.prefill(text)
+        _, state = lm.prefill(Conditioning(text))
         state = dataclasses.replace(state, position=state.position + frames)
         if bf16_state:
             state = state.with_recurrent_dtype(torch.bfloat16)
@@ -222,7 +223,7 @@ def run_generate(model: str, bf16: bool, batch: int, frames: int, bf16_state: bo
         generator = Generator(lm, state_dtype=torch.bfloat16 if bf16_state else None)
         sampling = SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
         reset_peak_rss()
-        seconds = timed(lambda: generator.generate(text, None, frames, sampling, seed=0))
+        seconds = timed(lambda: generator.generate(Conditioning(text), frames, sampling=sampling, seed=0))
         return {"seconds": seconds, "peak_rss_mib": peak_rss_since_reset_mib()}
     mg = musicgen(bf16)
     reset_peak_rss()
@@ -257,7 +258,7 @@ def run_continuous(batch: int, frames: list[int], window: int) -> dict:
     """Our fp32 decode from the text to the last position; the median step of `window` from each."""
     lm, text = build(PRESET, batch)
     reset_peak_rss()
-    _, state = lm.prefill(text)
+    _, state = lm.prefill(Conditioning(text))
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     seconds = []
     for i in range(max(frames) + window):

@@ -47,6 +47,7 @@ from generate_speed import (
 )
 from speed_common import FRAME_RATE, TEXT_TOKENS
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.sampling import SamplingConfig
@@ -101,7 +102,7 @@ def measure(variant: str, batch: int, seconds: float, steps: int) -> dict:
     torch.cuda.empty_cache()
     if variant.startswith("simba"):
         lm, text = ours(batch, "bf16 weights" in variant)
-        _, state = lm.prefill(text)  # the state's size does not depend on the position: no filling needed
+        _, state = lm.prefill(Conditioning(text))  # the state's size does not depend on the position: no filling needed
         if "bf16 state" in variant:
             state = state.with_recurrent_dtype(torch.bfloat16)
         tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks), device=DEVICE)
@@ -152,10 +153,10 @@ def real_generation(variant: str, seconds: float) -> float:
         generator = Generator(lm, cuda_graph="graphed" in variant, state_dtype=state_dtype)
         sampling = SamplingConfig(cfg_scale=GUIDANCE, top_k=TOP_K)
         frames = frames_at(seconds, FRAME_RATE)
-        generator.generate(text, None, 8, sampling, seed=0)  # warm-up: CUDA's first kernels
+        generator.generate(Conditioning(text), 8, sampling=sampling, seed=0)  # warm-up: CUDA's first kernels
         torch.cuda.synchronize()
         start = time.perf_counter()
-        generator.generate(text, None, frames, sampling, seed=0)
+        generator.generate(Conditioning(text), frames, sampling=sampling, seed=0)
     else:
         mg = their("bf16" in variant)
         config = mg.config

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
 from ssmttm.presets import load_preset
@@ -119,7 +120,7 @@ def bytes_per_step(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = No
 
 def state_bytes(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = None) -> int:
     """Bytes of the decoding state (SSM and convolution), which a step reads and writes back."""
-    _, state = lm.prefill(torch.zeros(batch, 1, lm.cfg.text_dim))
+    _, state = lm.prefill(Conditioning(torch.zeros(batch, 1, lm.cfg.text_dim)))
     if state_dtype is not None:
         state = state.with_recurrent_dtype(state_dtype)
     return sum(

@@ -46,6 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from ssmttm.audio import load_audio, to_mono
 from ssmttm.codecs.quality import tempo_bpm
 from ssmttm.codecs.spectral.rvq import dequantize
+from ssmttm.conditioning import Conditioning
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
@@ -143,7 +144,7 @@ def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tenso
     losses = {}
     for name, texts in (("true", captions), ("none", [""] * n), ("shuffled", captions[1:] + captions[:1])):
         emb, mask = model.text_encoder.embed(texts)
-        losses[name] = float(model.lm.compute_loss(batch, emb, mask, label_smoothing=0.0).loss)
+        losses[name] = float(model.lm.compute_loss(batch, Conditioning(emb, mask), label_smoothing=0.0).loss)
     return losses
 
 

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.lm import MusicLM, count_parameters
 from ssmttm.presets import load_preset
 
@@ -25,7 +26,7 @@ DAC_FRAME_RATE = 44100 / 512
 
 def step_seconds(model: MusicLM, optimizer, codes, text, device: str) -> float:
     start = time.perf_counter()
-    loss = model.compute_loss(codes, text).loss
+    loss = model.compute_loss(codes, Conditioning(text)).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ from conftest import KINDS, tiny_lm
 from test_training import CAPTIONS, FRAMES, make_collection, train_config
 
 from ssmttm.beat_clock import FEATURES, HARMONICS, clock_features, no_clock, tempo_clock
+from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.generation import Generator, SamplingConfig
@@ -78,8 +79,8 @@ def test_step_by_step_decoding_reads_the_clock_like_the_parallel_forward(kind, c
     text = torch.randn(2, L, TEXT_DIM)
     clock = torch.tensor([[0.21, 0.5], [0.13, 1.0]])
     with torch.no_grad():
-        full = lm(seq, text, None, clock)
-        logits, state = lm.prefill(text, None, seq[..., :3], clock)  # a prompt of 3 columns, then steps
+        full = lm(seq, Conditioning(text, None, clock))
+        logits, state = lm.prefill(Conditioning(text, None, clock), seq[..., :3])  # a prompt of 3 columns, then steps
         assert torch.allclose(logits, full[:, :, 3], atol=1e-4)
         for s in range(3, seq.shape[-1]):
             logits, state = lm.step(seq[..., s], state)
@@ -94,7 +95,7 @@ def test_the_clock_changes_only_rows_that_state_a_tempo_and_are_not_the_null_con
     mask[2] = False  # row 2 is the null condition (no caption)
     clock = torch.tensor([[0.2, 0.0], [math.nan, math.nan], [0.2, 0.0]])
     with torch.no_grad():
-        with_clock, without = lm(seq, text, mask, clock), lm(seq, text, mask, None)
+        with_clock, without = lm(seq, Conditioning(text, mask, clock)), lm(seq, Conditioning(text, mask, None))
     assert not torch.allclose(with_clock[0], without[0])
     assert torch.equal(with_clock[1], without[1]) and torch.equal(with_clock[2], without[2])
 
@@ -106,7 +107,9 @@ def test_a_new_clock_starts_silent():
     seq = lm.pattern.build(torch.randint(0, lm.cfg.cardinality, (1, lm.cfg.num_codebooks, 6)))
     text = torch.randn(1, L, TEXT_DIM)
     with torch.no_grad():
-        assert torch.equal(lm(seq, text, None, torch.tensor([[0.2, 0.0]])), lm(seq, text, None, None))
+        assert torch.equal(
+            lm(seq, Conditioning(text, None, torch.tensor([[0.2, 0.0]]))), lm(seq, Conditioning(text, None, None))
+        )
 
 
 def test_unconditional_rows_of_cfg_hear_no_clock():
@@ -117,7 +120,7 @@ def test_unconditional_rows_of_cfg_hear_no_clock():
 
     def run(scale, with_clock):
         sampling = SamplingConfig(temperature=1.0, cfg_scale=scale)
-        return gen.generate(text, None, 10, sampling, seed=0, clock=clock if with_clock else None)
+        return gen.generate(Conditioning(text, None, clock if with_clock else None), 10, sampling=sampling, seed=0)
 
     assert torch.equal(run(0.0, True), run(0.0, False))  # scale 0 is the unconditional model alone
     assert not torch.equal(run(3.0, True), run(3.0, False))
@@ -179,8 +182,8 @@ def test_a_saved_model_with_a_clock_generates_from_a_stated_tempo(tmp_path):
         lm.clock.weight.normal_(0.0, 1.0)
     model = TextToMusic.from_pretrained(save_pretrained(lm, tmp_path, codec="embedded", text_encoder="minilm+tempo"))
     assert model.lm.cfg.beat_clock
-    clock = model._clock(["jazz at 90 BPM", "jazz"])
-    assert clock[0].tolist() == pytest.approx([1.5 / model.frame_rate, 0.0]) and bool(torch.isnan(clock[1]).all())
+    clock = model.conditioning(["jazz at 90 BPM", "jazz"], model.sampling()).clock  # then the 2 unconditional rows
+    assert clock[0].tolist() == pytest.approx([1.5 / model.frame_rate, 0.0]) and bool(torch.isnan(clock[1:]).all())
     # streaming reads the clock the same way: joined chunks equal the whole generation
     whole = model.generate(["jazz at 90 BPM", "jazz"], duration=1.0, seed=0)
     streamed = torch.cat(list(model.stream(["jazz at 90 BPM", "jazz"], duration=1.0, seed=0, chunk_seconds=0.3)), -1)
@@ -199,6 +202,6 @@ def test_a_step_with_fewer_rows_than_its_clock_is_refused(kind):
     text = torch.randn(2, L, TEXT_DIM)
     seq = lm.pattern.build(torch.randint(0, lm.cfg.cardinality, (2, lm.cfg.num_codebooks, 4)))
     with torch.no_grad():
-        _, state = lm.prefill(text, None, seq[..., :2], torch.tensor([[0.21, 0.5], [0.13, 1.0]]))
+        _, state = lm.prefill(Conditioning(text, None, torch.tensor([[0.21, 0.5], [0.13, 1.0]])), seq[..., :2])
         with pytest.raises(ValueError, match="1 token rows on a state whose beat clock has 2"):
             lm.step(seq[:1, :, 2], state)

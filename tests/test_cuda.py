@@ -25,6 +25,7 @@ from test_training import make_collection, metrics, train_config
 
 from ssmttm.backbones.base import Context
 from ssmttm.cli import main
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.pipeline import TextToMusic
@@ -61,8 +62,9 @@ def test_forward_on_cuda_equals_the_cpu_and_steps_equal_the_forward(kind, cond):
     mask = left_padded_mask([5, 2])
     gpu = copy.deepcopy(lm).to(DEVICE)
     with torch.no_grad():
-        cpu_logits = lm(seq, text, mask)
-        gpu_logits = gpu(*on_device(seq, text, mask))
+        cpu_logits = lm(seq, Conditioning(text, mask))
+        on_gpu = on_device(seq, text, mask)
+        gpu_logits = gpu(on_gpu[0], Conditioning(*on_gpu[1:]))
     assert gpu_logits.device.type == torch.device(DEVICE).type
     torch.testing.assert_close(gpu_logits.cpu(), cpu_logits, atol=1e-4, rtol=0)
     stepped, _ = teacher_forced(gpu, *on_device(seq, text, mask), 3)
@@ -95,14 +97,14 @@ def test_generation_on_cuda_is_seeded_guided_and_greedy_like_the_cpu(kind):
     text = torch.randn(2, 5, 6)
     gpu = Generator(copy.deepcopy(lm).to(DEVICE))
     sampled = SamplingConfig(cfg_scale=3.0, top_k=5)
-    first = gpu.generate(text.to(DEVICE), None, 20, sampled, seed=7)
+    first = gpu.generate(Conditioning(text.to(DEVICE)), 20, sampling=sampled, seed=7)
     assert first.device.type == torch.device(DEVICE).type and first.shape == (2, lm.cfg.num_codebooks, 20)
     assert int(first.max()) < lm.cfg.cardinality  # no special id reaches the audio
-    assert torch.equal(first, gpu.generate(text.to(DEVICE), None, 20, sampled, seed=7))
-    assert not torch.equal(first, gpu.generate(text.to(DEVICE), None, 20, sampled, seed=8))
+    assert torch.equal(first, gpu.generate(Conditioning(text.to(DEVICE)), 20, sampling=sampled, seed=7))
+    assert not torch.equal(first, gpu.generate(Conditioning(text.to(DEVICE)), 20, sampling=sampled, seed=8))
     greedy = SamplingConfig(cfg_scale=3.0, top_k=1)
-    on_gpu = gpu.generate(text.to(DEVICE), None, 20, greedy).cpu()
-    on_cpu = Generator(lm).generate(text, None, 20, greedy)
+    on_gpu = gpu.generate(Conditioning(text.to(DEVICE)), 20, sampling=greedy).cpu()
+    on_cpu = Generator(lm).generate(Conditioning(text), 20, sampling=greedy)
     assert torch.equal(on_gpu, on_cpu)
 
 
@@ -120,7 +122,7 @@ def test_a_graphed_step_replays_the_eager_step(kind, cond, state_dtype):
     clock = torch.tensor([[0.1, 0.3], [float("nan")] * 2], dtype=torch.float64, device=DEVICE)
     seq = torch.randint(0, 11, (2, 3, 12), device=DEVICE)
     with torch.no_grad():
-        _, eager = lm.prefill(text, None, seq[..., :2], clock=clock)
+        _, eager = lm.prefill(Conditioning(text, None, clock), seq[..., :2])
         eager = eager.with_recurrent_dtype(state_dtype)
         graphed = GraphedStep(lm, eager.clone(), seq[..., 0])
         for s in range(2, 12):
@@ -142,13 +144,15 @@ def test_graphed_generation_gives_the_eager_tokens(kind, monkeypatch):
     monkeypatch.setattr(GraphedStep, "__call__", lambda self, tokens: replays.append(1) or replay(self, tokens))
     for sampling in (SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=5), SamplingConfig(cfg_scale=1.0, top_k=1)):
         run = {
-            g: Generator(lm, cuda_graph=g).generate(text, None, 30, sampling, seed=4, clock=clock)
+            g: Generator(lm, cuda_graph=g).generate(Conditioning(text, None, clock), 30, sampling=sampling, seed=4)
             for g in (False, True)
         }
         assert torch.equal(run[True], run[False])
         prompt = run[True][..., :9]  # a continuation: the prompt's columns prefill, the rest replays
         cont = {
-            g: Generator(lm, cuda_graph=g).generate(text, None, 30, sampling, seed=5, prompt=prompt, clock=clock)
+            g: Generator(lm, cuda_graph=g).generate(
+                Conditioning(text, None, clock), 30, sampling=sampling, seed=5, continuation=prompt
+            )
             for g in (False, True)
         }
         assert torch.equal(cont[True], cont[False]) and torch.equal(cont[True][..., :9], prompt)
@@ -161,7 +165,9 @@ def test_a_bf16_state_generates_the_same_tokens_graphed_or_eager():
     text = torch.randn(2, 5, 6, device=DEVICE)
     sampling = SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=5)
     run = {
-        g: Generator(lm, cuda_graph=g, state_dtype=torch.bfloat16).generate(text, None, 30, sampling, seed=4)
+        g: Generator(lm, cuda_graph=g, state_dtype=torch.bfloat16).generate(
+            Conditioning(text), 30, sampling=sampling, seed=4
+        )
         for g in (False, True)
     }
     assert torch.equal(run[True], run[False])
@@ -170,9 +176,9 @@ def test_a_bf16_state_generates_the_same_tokens_graphed_or_eager():
 def test_the_transformer_decodes_eagerly_on_cuda():
     lm = tiny_lm("transformer", "cross").to(DEVICE)
     text = torch.randn(1, 5, 6, device=DEVICE)
-    assert Generator(lm).generate(text, None, 8, seed=0).shape == (1, lm.cfg.num_codebooks, 8)
+    assert Generator(lm).generate(Conditioning(text), 8, seed=0).shape == (1, lm.cfg.num_codebooks, 8)
     with pytest.raises(ValueError, match="needs a CUDA device and a fixed-size state"):
-        Generator(lm, cuda_graph=True).generate(text, None, 8, seed=0)
+        Generator(lm, cuda_graph=True).generate(Conditioning(text), 8, seed=0)
 
 
 @pytest.fixture(scope="module")

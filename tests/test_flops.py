@@ -6,6 +6,7 @@ from conftest import KINDS
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
 from ssmttm.training.flops import forward_flops, training_flops_per_token
@@ -31,10 +32,10 @@ def counted_flops(cfg: LMConfig, seq_len: int, text_len: int, backward: bool = F
     # backend, where it is the two matrix products the formula counts.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         if backward:
-            model.loss(model(seq, text, mask), targets).loss.backward()
+            model.loss(model(seq, Conditioning(text, mask)), targets).loss.backward()
         else:
             with torch.no_grad():
-                model(seq, text, mask)
+                model(seq, Conditioning(text, mask))
     return counter.get_total_flops()
 
 

@@ -16,6 +16,7 @@ import torch
 from ssmttm.backbones.attention import CrossState
 from ssmttm.backbones.blocks import BlockState
 from ssmttm.backbones.mamba2 import Mamba2BlockKernel
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
 from ssmttm.ops import cpu_kernels
@@ -24,8 +25,6 @@ from ssmttm.ops.mamba2_step import mamba2_step_fused, mamba2_step_ref
 from ssmttm.ops.selective_scan import selective_scan_step
 from ssmttm.ops.ssd import ssd_step
 from ssmttm.presets import load_preset
-
-pytestmark = pytest.mark.slow  # builds the C++ extension once (about half a minute), and an x86-64-v3 one
 
 # x86-64-v3's instructions (AVX2 and FMA among them): a CPU with these runs that build.
 X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
@@ -44,11 +43,11 @@ def _kernels_build():
     assert cpu_kernels.available(), "the kernels should build wherever the test suite runs"
 
 
-@pytest.fixture(params=["native", "x86-64-v3"])
+@pytest.fixture(params=["native", pytest.param("x86-64-v3", marks=pytest.mark.slow)])
 def kernels(request, monkeypatch):
     """The decoding paths on this CPU's build of the kernels, and on an x86-64-v3 build (AVX2, no
     AVX-512), so that the loops for CPUs without AVX-512 are tested on this one too. The second build
-    takes about 40 s once; it is cached beside the first."""
+    takes about 40 s once, so it is marked slow; it is cached beside the first."""
     if request.param != "native" and not _runs_x86_64_v3():
         pytest.skip("an x86-64-v3 build needs an x86-64-v3 CPU")
     extension = cpu_kernels.extension(request.param)
@@ -59,11 +58,17 @@ def kernels(request, monkeypatch):
 
 def test_the_kernels_take_8_rows_with_avx512_and_4_without():
     """The native build on this CPU takes the AVX-512 branch where it has AVX-512 (8 rows a call); the
-    x86-64-v3 build never does (4 rows), whatever the CPU: the `kernels` fixture tests both branches."""
+    x86-64-v3 build never does (4 rows, the next test), whatever the CPU: the `kernels` fixture tests
+    both branches."""
     avx512 = _cpu_flags() >= {"avx512f", "avx512bw", "avx512vl"}
     assert cpu_kernels.extension().linear_max_rows() == (8 if avx512 else 4)
-    if _runs_x86_64_v3():
-        assert cpu_kernels.extension("x86-64-v3").linear_max_rows() == 4
+
+
+@pytest.mark.slow  # the x86-64-v3 build, about 40 s once
+def test_the_x86_64_v3_build_takes_4_rows_whatever_the_cpu():
+    if not _runs_x86_64_v3():
+        pytest.skip("an x86-64-v3 build needs an x86-64-v3 CPU")
+    assert cpu_kernels.extension("x86-64-v3").linear_max_rows() == 4
 
 
 @pytest.mark.parametrize(("batch", "ngroups", "d_state"), [(1, 1, 16), (3, 2, 16), (2, 1, 37)])
@@ -199,7 +204,7 @@ def test_block_step_kernel_decodes_like_the_modules(
     torch.manual_seed(0)
     lm = Generator(MusicLM(load_preset(preset, overrides)), weight_dtype=weight_dtype).lm
     with torch.no_grad():
-        _, state = lm.prefill(torch.randn(rows, 5, lm.cfg.text_dim))
+        _, state = lm.prefill(Conditioning(torch.randn(rows, 5, lm.cfg.text_dim)))
         if state_dtype is not None:
             state = state.with_recurrent_dtype(state_dtype)
         states = {"fused": state.clone(), "modules": state.clone()}
@@ -230,7 +235,7 @@ def test_block_step_kernel_is_not_used_where_it_cannot_apply():
     lm = MusicLM(load_preset("tiny-simba", SMALL_SIMBA)).eval()
     block = lm.backbone.layers[0]
     with torch.no_grad():
-        _, state = lm.prefill(torch.randn(2, 5, lm.cfg.text_dim))
+        _, state = lm.prefill(Conditioning(torch.randn(2, 5, lm.cfg.text_dim)))
     x, layer_state = torch.randn(2, 40), state.backbone.layers[0]
     with torch.no_grad():
         assert block._fused_step.applies(x, layer_state, False)
@@ -245,7 +250,7 @@ def test_block_step_kernel_is_not_used_where_it_cannot_apply():
     assert not block._fused_step.applies(x, layer_state, False)  # gradients wanted
     transformer = MusicLM(load_preset("tiny-transformer")).eval()
     with torch.no_grad():
-        _, state = transformer.prefill(torch.randn(2, 5, transformer.cfg.text_dim))
+        _, state = transformer.prefill(Conditioning(torch.randn(2, 5, transformer.cfg.text_dim)))
         x = torch.randn(2, transformer.cfg.backbone.d_model)
         assert transformer.backbone.layers[0]._fused_step is None
 
@@ -256,7 +261,7 @@ def test_block_step_kernel_attends_like_the_modules_when_text_is_masked(kernels)
     torch.manual_seed(0)
     lm = MusicLM(load_preset("tiny-simba", [*SMALL_SIMBA, "conditioning=cross", "backbone.num_heads=5"])).eval()
     with torch.no_grad():
-        _, state = lm.prefill(torch.randn(3, 6, lm.cfg.text_dim))
+        _, state = lm.prefill(Conditioning(torch.randn(3, 6, lm.cfg.text_dim)))
         layer = state.backbone.layers[1]
         mask = torch.ones(3, layer.cross.k.shape[2], dtype=torch.bool)
         mask[1, 2:] = False
@@ -333,7 +338,7 @@ def _block_step(path: str, rows: int = 2, in_proj_width: int | None = None, **ch
     lm = _cross_lm()
     block = lm.backbone.layers[0]
     with torch.no_grad():
-        _, lm_state = lm.prefill(torch.randn(2, 6, lm.cfg.text_dim))
+        _, lm_state = lm.prefill(Conditioning(torch.randn(2, 6, lm.cfg.text_dim)))
     if in_proj_width is not None:
         block.mixer.in_proj.weight.data = torch.randn(block.mixer.in_proj.out_features, in_proj_width)
     state = lm_state.backbone.layers[0]
@@ -360,7 +365,7 @@ def _lm_step(path: str) -> tuple[Call, list[torch.Tensor]]:
     """MusicLM.step with one row of tokens on a state of two, fused or without the kernels."""
     lm = _cross_lm()
     with torch.no_grad():
-        _, state = lm.prefill(torch.randn(2, 6, lm.cfg.text_dim))
+        _, state = lm.prefill(Conditioning(torch.randn(2, 6, lm.cfg.text_dim)))
     tokens = torch.zeros(1, lm.cfg.num_codebooks, dtype=torch.long)
 
     def step():

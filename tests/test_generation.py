@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import KINDS, tiny_lm
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.cuda_graph import GraphedStep
 from ssmttm.generation.sampling import classifier_free_guidance, sample
@@ -19,11 +20,11 @@ L, TEXT_DIM = 4, 6
 def test_greedy_generation_is_the_argmax_of_the_parallel_forward(kind, pattern):
     lm = tiny_lm(kind, pattern=pattern)
     text = torch.randn(2, L, TEXT_DIM)
-    codes = Generator(lm).generate(text, None, num_frames=9, sampling=SamplingConfig(temperature=0, cfg_scale=1))
+    codes = Generator(lm).generate(Conditioning(text), 9, sampling=SamplingConfig(temperature=0, cfg_scale=1))
     assert codes.shape == (2, 3, 9)
     seq = lm.pattern.build(codes)
     with torch.no_grad():
-        logits = lm(seq[..., :-1], text)
+        logits = lm(seq[..., :-1], Conditioning(text))
     logits[..., lm.cfg.special_token] = -torch.inf
     valid = lm.pattern.valid_mask(9)
     assert torch.equal(logits.argmax(-1)[:, valid], seq[:, valid])
@@ -36,7 +37,7 @@ def test_special_ids_are_never_emitted_as_audio():
             head.weight[lm.cfg.special_token] = 50 * head.weight[:-1].abs().max()
     text = torch.randn(3, L, TEXT_DIM)
     for temperature in (0.0, 1.0):
-        codes = Generator(lm).generate(text, None, 12, SamplingConfig(temperature=temperature), seed=0)
+        codes = Generator(lm).generate(Conditioning(text), 12, sampling=SamplingConfig(temperature=temperature), seed=0)
         assert (codes < lm.cfg.cardinality).all()
 
 
@@ -45,10 +46,12 @@ def test_cfg_runs_both_branches_as_one_batch_and_matches_separate_runs():
     text = torch.randn(2, L, TEXT_DIM)
     mask = torch.tensor([[False, True, True, True], [True, True, True, True]])
     scale = 2.5
-    columns = list(Generator(lm).columns(text, mask, 6, SamplingConfig(temperature=0, cfg_scale=scale)))
+    columns = list(
+        Generator(lm).columns(Conditioning(text, mask), 6, sampling=SamplingConfig(temperature=0, cfg_scale=scale))
+    )
     with torch.no_grad():  # the same decode with the two branches run separately
-        cond, cond_state = lm.prefill(text, mask)
-        uncond, uncond_state = lm.prefill(text[:, :0], None)
+        cond, cond_state = lm.prefill(Conditioning(text, mask))
+        uncond, uncond_state = lm.prefill(Conditioning(text[:, :0]))
         valid = lm.pattern.valid_mask(6)
         for s, column in enumerate(columns):
             guided = classifier_free_guidance(cond, uncond, scale)
@@ -63,9 +66,9 @@ def test_sampling_is_reproducible_per_seed_and_varies_across_seeds():
     lm = tiny_lm("transformer")
     text = torch.randn(2, L, TEXT_DIM)
     generator = Generator(lm)
-    a = generator.generate(text, None, 10, SamplingConfig(temperature=1.5), seed=3)
-    b = generator.generate(text, None, 10, SamplingConfig(temperature=1.5), seed=3)
-    c = generator.generate(text, None, 10, SamplingConfig(temperature=1.5), seed=4)
+    a = generator.generate(Conditioning(text), 10, sampling=SamplingConfig(temperature=1.5), seed=3)
+    b = generator.generate(Conditioning(text), 10, sampling=SamplingConfig(temperature=1.5), seed=3)
+    c = generator.generate(Conditioning(text), 10, sampling=SamplingConfig(temperature=1.5), seed=4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -100,8 +103,8 @@ def test_bf16_weight_decoding_stays_close_to_fp32():
     bf16 = Generator(lm, weight_dtype=torch.bfloat16).lm
     assert bf16.heads[0].weight.dtype == torch.bfloat16 and lm.heads[0].weight.dtype == torch.float32
     with torch.no_grad():
-        a, sa = lm.prefill(text)
-        b, sb = bf16.prefill(text)
+        a, sa = lm.prefill(Conditioning(text))
+        b, sb = bf16.prefill(Conditioning(text))
         tokens = torch.randint(0, 11, (1, 3))
         a2, _ = lm.step(tokens, sa)
         b2, _ = bf16.step(tokens, sb)
@@ -121,7 +124,7 @@ def test_a_bf16_recurrent_state_stays_bf16_and_decodes_close_to_fp32(kind):
     text = torch.randn(2, L, TEXT_DIM)
     seq = torch.randint(0, 11, (2, 3, 40))
     with torch.no_grad():
-        _, wide = lm.prefill(text)
+        _, wide = lm.prefill(Conditioning(text))
         narrow = wide.clone().with_recurrent_dtype(torch.bfloat16)  # the conv windows would be shared
         assert all(m.ssm.dtype == torch.bfloat16 and m.conv.dtype == torch.float32 for m in _mixer_states(narrow))
         assert all(m.ssm.dtype == torch.float32 for m in _mixer_states(wide))  # the original is untouched
@@ -145,10 +148,10 @@ def test_the_generator_stores_the_state_in_the_dtype_it_is_given(monkeypatch):
         return step(tokens, state)
 
     monkeypatch.setattr(lm, "step", spy)
-    codes = Generator(lm, state_dtype=torch.bfloat16).generate(text, None, 6, seed=0)
+    codes = Generator(lm, state_dtype=torch.bfloat16).generate(Conditioning(text), 6, seed=0)
     assert codes.shape == (1, 3, 6) and seen and set(seen) == {torch.bfloat16}
     seen.clear()
-    Generator(lm, state_dtype=torch.float32).generate(text, None, 6, seed=0)
+    Generator(lm, state_dtype=torch.float32).generate(Conditioning(text), 6, seed=0)
     assert seen and set(seen) == {torch.float32}
     with pytest.raises(ValueError, match="KV cache"):
         Generator(tiny_lm("transformer"), state_dtype=torch.bfloat16)
@@ -157,15 +160,14 @@ def test_the_generator_stores_the_state_in_the_dtype_it_is_given(monkeypatch):
             Generator(lm, state_dtype=unsupported)
 
 
-@pytest.mark.slow
 def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
     lm = tiny_lm("simba")
     text = torch.randn(2, L, TEXT_DIM)
     sampling = SamplingConfig(temperature=0, cfg_scale=3.0)
     assert cpu_kernels.available()
-    with_kernels = Generator(lm).generate(text, None, 12, sampling)
+    with_kernels = Generator(lm).generate(Conditioning(text), 12, sampling=sampling)
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
-    reference = Generator(lm).generate(text, None, 12, sampling)
+    reference = Generator(lm).generate(Conditioning(text), 12, sampling=sampling)
     assert torch.equal(with_kernels, reference)
 
 
@@ -179,7 +181,7 @@ def test_a_state_whose_position_and_clock_column_are_tensors_steps_like_one_with
     clock = torch.tensor([[0.1, 0.3], [float("nan"), float("nan")]], dtype=torch.float64)
     seq = torch.randint(0, 11, (2, 3, 8))
     with torch.no_grad():
-        _, ints = lm.prefill(text, None, seq[..., :3], clock=clock)
+        _, ints = lm.prefill(Conditioning(text, None, clock), seq[..., :3])
         tensors = dataclasses.replace(
             ints.clone(), position=torch.tensor(ints.position), column=torch.tensor(ints.column)
         )
@@ -195,8 +197,8 @@ def test_a_state_whose_position_and_clock_column_are_tensors_steps_like_one_with
 def test_cuda_graphs_are_refused_where_they_cannot_apply():
     lm = tiny_lm("simba")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        Generator(lm, cuda_graph=True).generate(torch.randn(1, L, TEXT_DIM), None, 6)
+        Generator(lm, cuda_graph=True).generate(Conditioning(torch.randn(1, L, TEXT_DIM)), 6)
     with pytest.raises(ValueError, match="cannot decode from a CUDA graph"):
-        GraphedStep(lm, lm.prefill(torch.randn(1, L, TEXT_DIM))[1], torch.zeros(1, 3, dtype=torch.long))
-    default = Generator(lm).generate(torch.randn(1, L, TEXT_DIM), None, 6, seed=0)  # None: eager on the CPU
+        GraphedStep(lm, lm.prefill(Conditioning(torch.randn(1, L, TEXT_DIM)))[1], torch.zeros(1, 3, dtype=torch.long))
+    default = Generator(lm).generate(Conditioning(torch.randn(1, L, TEXT_DIM)), 6, seed=0)  # None: eager on the CPU
     assert default.shape == (1, 3, 6)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from ssmttm.backbones.base import Context
 from ssmttm.backbones.mamba import Mamba, MambaConfig
 from ssmttm.backbones.mamba2 import Mamba2, Mamba2Config
+from ssmttm.conditioning import Conditioning
 from ssmttm.pretrained import load_pretrained
 from ssmttm.release import import_release
 
@@ -77,7 +78,7 @@ def release_lm(golden_dir, tmp_path):
 def test_imported_release_model_forward(golden_dir, tmp_path):
     lm, golden = release_lm(golden_dir, tmp_path)
     with torch.no_grad():
-        logits = lm(golden["codes"], golden["text_embeddings"])
+        logits = lm(golden["codes"], Conditioning(golden["text_embeddings"]))
     torch.testing.assert_close(logits, golden["logits"], atol=1e-4, rtol=0)
 
 
@@ -85,7 +86,7 @@ def test_imported_release_model_step_by_step(golden_dir, tmp_path):
     lm, golden = release_lm(golden_dir, tmp_path)
     codes = golden["codes"]
     with torch.no_grad():
-        logits, state = lm.prefill(golden["text_embeddings"])
+        logits, state = lm.prefill(Conditioning(golden["text_embeddings"]))
         columns = [logits]
         for t in range(codes.shape[-1]):
             logits, state = lm.step(codes[:, :, t], state)

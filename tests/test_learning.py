@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import KINDS, tiny_lm
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
 
 FRAMES = 12
@@ -33,10 +34,10 @@ def test_tiny_model_learns_caption_specific_motifs(kind):
     text, mask = captions()
     codes = torch.stack(MOTIFS)
     repeat = 4  # both captions several times per batch, so CFG dropout leaves conditioned rows
-    batch = (codes.repeat(repeat, 1, 1), text.repeat(repeat, 1, 1), mask.repeat(repeat, 1))
+    codes, cond = codes.repeat(repeat, 1, 1), Conditioning(text.repeat(repeat, 1, 1), mask.repeat(repeat, 1))
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(200):
-        loss = lm.compute_loss(*batch).loss
+        loss = lm.compute_loss(codes, cond).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -44,9 +45,9 @@ def test_tiny_model_learns_caption_specific_motifs(kind):
 
     generator = Generator(lm)
     greedy = SamplingConfig(temperature=0, cfg_scale=1.0)
-    out = generator.generate(text, mask, FRAMES, greedy)
+    out = generator.generate(Conditioning(text, mask), FRAMES, sampling=greedy)
     assert torch.equal(out[0], MOTIFS[0]) and torch.equal(out[1], MOTIFS[1])
-    swapped = generator.generate(text.flip(0), mask.flip(0), FRAMES, greedy)
+    swapped = generator.generate(Conditioning(text.flip(0), mask.flip(0)), FRAMES, sampling=greedy)
     assert torch.equal(swapped[0], MOTIFS[1]) and torch.equal(swapped[1], MOTIFS[0])
-    guided = generator.generate(text, mask, FRAMES, SamplingConfig(temperature=0, cfg_scale=3.0))
+    guided = generator.generate(Conditioning(text, mask), FRAMES, sampling=SamplingConfig(temperature=0, cfg_scale=3.0))
     assert torch.equal(guided, out)

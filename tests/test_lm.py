@@ -5,6 +5,7 @@ import torch
 from conftest import KINDS, tiny_lm
 
 from ssmttm.backbones.base import Mixer
+from ssmttm.conditioning import Conditioning
 from ssmttm.lm import LMState
 from ssmttm.ops import cpu_kernels
 
@@ -25,7 +26,7 @@ def left_padded_mask(lengths, text_len=L):
 def teacher_forced(lm, seq, text, mask, split):
     """Prefill text + seq[:split], then step through the rest; logits for every column."""
     with torch.no_grad():
-        logits, state = lm.prefill(text, mask, seq[..., :split])
+        logits, state = lm.prefill(Conditioning(text, mask), seq[..., :split])
         columns = [logits]
         for t in range(split, seq.shape[-1]):
             logits, state = lm.step(seq[:, :, t], state)
@@ -37,7 +38,7 @@ def teacher_forced(lm, seq, text, mask, split):
 def test_forward_shape_and_alignment(kind, cond):
     lm = tiny_lm(kind, cond)
     seq, text = inputs(lm)
-    logits = lm(seq, text)
+    logits = lm(seq, Conditioning(text))
     assert logits.shape == (B, lm.cfg.num_codebooks, T + 1, lm.cfg.vocab_size)
 
 
@@ -48,7 +49,7 @@ def test_step_equals_forward(kind, cond, split):
     seq, text = inputs(lm)
     mask = left_padded_mask([5, 2])
     with torch.no_grad():
-        full = lm(seq, text, mask)
+        full = lm(seq, Conditioning(text, mask))
     stepped, _ = teacher_forced(lm, seq, text, mask, split)
     torch.testing.assert_close(stepped, full[:, :, split:], atol=1e-4, rtol=0)
 
@@ -60,7 +61,7 @@ def test_step_equals_forward_on_the_pure_pytorch_path(kind, cond, monkeypatch):
     seq, text = inputs(lm)
     mask = left_padded_mask([5, 2])
     with torch.no_grad():
-        full = lm(seq, text, mask)
+        full = lm(seq, Conditioning(text, mask))
     stepped, _ = teacher_forced(lm, seq, text, mask, 3)
     torch.testing.assert_close(stepped, full[:, :, 3:], atol=1e-4, rtol=0)
 
@@ -70,7 +71,7 @@ def test_step_equals_forward_with_release_options(positions):
     lm = tiny_lm("simba", positions=positions, text_mask="ignore")
     seq, text = inputs(lm)
     with torch.no_grad():
-        full = lm(seq, text)
+        full = lm(seq, Conditioning(text))
     stepped, _ = teacher_forced(lm, seq, text, None, 4)
     torch.testing.assert_close(stepped, full[:, :, 4:], atol=1e-4, rtol=0)
 
@@ -87,8 +88,8 @@ def test_forward_is_parallel(kind, monkeypatch):
     lm = tiny_lm(kind)
     seq, text = inputs(lm, length=256)
     with torch.no_grad():
-        assert lm(seq, text).shape[2] == 257
-        lm.prefill(text, None, seq)
+        assert lm(seq, Conditioning(text)).shape[2] == 257
+        lm.prefill(Conditioning(text), seq)
 
 
 def _subclasses(cls):
@@ -114,7 +115,7 @@ def test_causality(kind, cond):
     changed = seq.clone()
     changed[:, :, 9:] = torch.randint(0, lm.cfg.vocab_size, changed[:, :, 9:].shape)
     with torch.no_grad():
-        a, b = lm(seq, text), lm(changed, text)
+        a, b = lm(seq, Conditioning(text)), lm(changed, Conditioning(text))
     torch.testing.assert_close(a[:, :, :10], b[:, :, :10], atol=0, rtol=0)
     assert not torch.allclose(a[:, :, 10:], b[:, :, 10:])
 
@@ -126,7 +127,9 @@ def test_masked_text_positions_change_no_output(kind, cond):
     mask = left_padded_mask([3, 1])
     scrambled = torch.where(mask[..., None], text, torch.randn_like(text) * 100)
     with torch.no_grad():
-        torch.testing.assert_close(lm(seq, text, mask), lm(seq, scrambled, mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            lm(seq, Conditioning(text, mask)), lm(seq, Conditioning(scrambled, mask)), atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize(("kind", "cond"), MODES)
@@ -136,9 +139,9 @@ def test_left_padded_batch_gives_each_caption_run_alone(kind, cond):
     lengths = [2, 4]
     mask = left_padded_mask(lengths)
     with torch.no_grad():
-        batched = lm(seq, text, mask)
+        batched = lm(seq, Conditioning(text, mask))
         for row, n in enumerate(lengths):
-            alone = lm(seq[row : row + 1], text[row : row + 1, L - n :])
+            alone = lm(seq[row : row + 1], Conditioning(text[row : row + 1, L - n :]))
             torch.testing.assert_close(batched[row : row + 1], alone, atol=1e-5, rtol=0)
 
 
@@ -160,11 +163,11 @@ def test_empty_and_fully_masked_captions_are_the_learned_null(kind, cond):
     lm = tiny_lm(kind, cond)
     seq, text = inputs(lm, batch=1)
     with torch.no_grad():
-        empty = lm(seq, text[:, :0])
-        masked = lm(seq, text, torch.zeros(1, L, dtype=torch.bool))
-        conditioned = lm(seq, text)
+        empty = lm(seq, Conditioning(text[:, :0]))
+        masked = lm(seq, Conditioning(text, torch.zeros(1, L, dtype=torch.bool)))
+        conditioned = lm(seq, Conditioning(text))
         lm.null_embedding.add_(1.0)
-        moved = lm(seq, text[:, :0])
+        moved = lm(seq, Conditioning(text[:, :0]))
     torch.testing.assert_close(empty, masked, atol=1e-5, rtol=0)
     assert not torch.allclose(empty, conditioned)
     assert not torch.allclose(empty, moved)  # the null condition is the learned embedding
@@ -175,8 +178,8 @@ def test_caption_dropout_gives_the_null_condition(kind):
     lm = tiny_lm(kind, caption_dropout=1.0, token_dropout=0.0)
     seq, text = inputs(lm)
     with torch.no_grad():
-        null = lm(seq, text[:, :0])
-        dropped = lm.train()(seq, text)
+        null = lm(seq, Conditioning(text[:, :0]))
+        dropped = lm.train()(seq, Conditioning(text))
     torch.testing.assert_close(dropped, null, atol=1e-5, rtol=0)
 
 
@@ -192,7 +195,7 @@ def test_states_index_and_concatenate_along_the_batch():
     lm = tiny_lm("simba")
     seq, text = inputs(lm)
     with torch.no_grad():
-        _, state = lm.prefill(text, None, seq[..., :4])
+        _, state = lm.prefill(Conditioning(text), seq[..., :4])
         rebuilt = LMState.cat([state.select([1]), state.select([0])])
         a, _ = lm.step(seq[:, :, 4], state.clone())
         b, _ = lm.step(seq.flip(0)[:, :, 4], rebuilt)
@@ -204,11 +207,11 @@ def test_loss_skips_special_tokens_and_sums_codebooks():
     codes = torch.randint(0, lm.cfg.cardinality, (2, 3, 6))
     codes[1, :, 4:] = lm.cfg.special_token  # padding of a shorter clip
     text = torch.randn(2, L, TEXT_DIM)
-    out = lm.compute_loss(codes, text)
+    out = lm.compute_loss(codes, Conditioning(text))
     assert out.num_tokens.tolist() == [10, 10, 10]
     torch.testing.assert_close(out.loss, out.per_codebook.sum())
     seq = lm.pattern.build(codes)
-    logits = lm(seq[..., :-1], text)
+    logits = lm(seq[..., :-1], Conditioning(text))
     for k in range(3):
         real = seq[:, k] != lm.cfg.special_token
         manual = torch.nn.functional.cross_entropy(logits[:, k][real], seq[:, k][real])
@@ -218,6 +221,6 @@ def test_loss_skips_special_tokens_and_sums_codebooks():
 def test_label_smoothing_is_applied():
     codes = torch.randint(0, 11, (2, 3, 6))
     text = torch.randn(2, L, TEXT_DIM)
-    plain = tiny_lm("simba", label_smoothing=0.0).compute_loss(codes, text).loss
-    smoothed = tiny_lm("simba", label_smoothing=0.1).compute_loss(codes, text).loss
+    plain = tiny_lm("simba", label_smoothing=0.0).compute_loss(codes, Conditioning(text)).loss
+    smoothed = tiny_lm("simba", label_smoothing=0.1).compute_loss(codes, Conditioning(text)).loss
     assert not torch.allclose(plain, smoothed)

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from ssmttm.cli import main
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation import SamplingConfig
 from ssmttm.generation.pipeline import GenerationError, TextToMusic
 from ssmttm.generation.sampling import sample
@@ -59,19 +60,23 @@ def text(batch: int = 2, length: int = 5, dim: int = 384) -> torch.Tensor:
 
 def test_cfg_scale_zero_is_the_unconditional_model(model):
     generator, t = model.generator, text()
-    guided = generator.generate(t, None, 20, SamplingConfig(temperature=1.0, cfg_scale=0.0), seed=5)
-    null = generator.generate(t[:, :0], None, 20, SamplingConfig(temperature=1.0, cfg_scale=1.0), seed=5)
+    guided = generator.generate(Conditioning(t), 20, sampling=SamplingConfig(temperature=1.0, cfg_scale=0.0), seed=5)
+    null = generator.generate(
+        Conditioning(t[:, :0]), 20, sampling=SamplingConfig(temperature=1.0, cfg_scale=1.0), seed=5
+    )
     assert torch.equal(guided, null)
 
 
 def test_cfg_scale_one_is_plain_conditional_sampling(model):
     lm, t = model.lm, text(batch=1)
-    out = model.generator.generate(t, None, 12, SamplingConfig(temperature=1.0, cfg_scale=1.0, top_k=50), seed=3)
+    out = model.generator.generate(
+        Conditioning(t), 12, sampling=SamplingConfig(temperature=1.0, cfg_scale=1.0, top_k=50), seed=3
+    )
     rng = [torch.Generator().manual_seed(3)]
     seq = lm.pattern.build(torch.zeros(1, 4, 12, dtype=torch.long))[..., :1]  # column 0: all special
     valid = lm.pattern.valid_mask(12)
     with torch.no_grad():
-        logits, state = lm.prefill(t, None, seq)
+        logits, state = lm.prefill(Conditioning(t), seq)
         columns = [seq[..., 0]]
         for s in range(1, valid.shape[1]):
             logits[..., lm.cfg.special_token] = -torch.inf
@@ -83,19 +88,25 @@ def test_cfg_scale_one_is_plain_conditional_sampling(model):
 
 def test_top_k_one_and_a_tiny_top_p_are_greedy(model):
     generator, t = model.generator, text()
-    greedy = generator.generate(t, None, 15, SamplingConfig(temperature=0.0, cfg_scale=3.0))
-    assert torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5, top_k=1), seed=0), greedy)
-    assert torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5, top_p=1e-6), seed=0), greedy)
-    assert not torch.equal(generator.generate(t, None, 15, SamplingConfig(temperature=1.5), seed=0), greedy)
+    greedy = generator.generate(Conditioning(t), 15, sampling=SamplingConfig(temperature=0.0, cfg_scale=3.0))
+    assert torch.equal(
+        generator.generate(Conditioning(t), 15, sampling=SamplingConfig(temperature=1.5, top_k=1), seed=0), greedy
+    )
+    assert torch.equal(
+        generator.generate(Conditioning(t), 15, sampling=SamplingConfig(temperature=1.5, top_p=1e-6), seed=0), greedy
+    )
+    assert not torch.equal(
+        generator.generate(Conditioning(t), 15, sampling=SamplingConfig(temperature=1.5), seed=0), greedy
+    )
 
 
 def test_each_prompt_has_its_own_seed(model):
     generator, t = model.generator, text(batch=3)
     sampling = SamplingConfig(temperature=1.2, top_p=0.9)
-    batch = generator.generate(t, None, 10, sampling, seed=7)
-    alone = generator.generate(t[2:], None, 10, sampling, seed=9)  # row 2 of seed 7 is seed 9
+    batch = generator.generate(Conditioning(t), 10, sampling=sampling, seed=7)
+    alone = generator.generate(Conditioning(t[2:]), 10, sampling=sampling, seed=9)  # row 2 of seed 7 is seed 9
     assert torch.equal(batch[2:], alone)
-    assert torch.equal(generator.generate(t, None, 10, sampling, seed=[7, 8, 9]), batch)
+    assert torch.equal(generator.generate(Conditioning(t), 10, sampling=sampling, seed=[7, 8, 9]), batch)
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():

@@ -10,13 +10,13 @@ import torch
 from conftest import tiny_lm
 from safetensors.torch import load_file, save_file
 
-from ssmttm.config import to_dict
+from ssmttm.conditioning import Conditioning
+from ssmttm.config import SamplingConfig, to_dict
 from ssmttm.lm import MusicLM
 from ssmttm.presets import load_preset
 from ssmttm.pretrained import (
     CONFIG,
     WEIGHTS,
-    GenerationDefaults,
     PretrainedError,
     load_pretrained,
     read_config,
@@ -31,7 +31,7 @@ def _logits(model: MusicLM, seed: int = 0) -> torch.Tensor:
     text = torch.randn(2, 5, cfg.text_dim, generator=gen)
     mask = torch.tensor([[False, True, True, True, True], [True] * 5])
     with torch.no_grad():
-        return model(seq, text, mask)
+        return model(seq, Conditioning(text, mask))
 
 
 def _save(model: MusicLM, directory, **kwargs):
@@ -70,7 +70,7 @@ def test_folder_holds_two_plain_files(saved):
     assert {"format_version", "model", "codec", "text_encoder", "generation"} <= set(data)
     assert data["model"] == to_dict(model.cfg)
     assert (data["codec"], data["text_encoder"]) == ("embedded", "minilm")
-    assert data["generation"] == {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 250}
+    assert data["generation"] == {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0}
     weights = load_file(directory / WEIGHTS)
     assert weights.keys() == model.state_dict().keys()
 
@@ -89,7 +89,7 @@ def test_loading_needs_no_pickle(saved, monkeypatch):
 
 
 def test_generation_defaults_and_provenance_round_trip(tmp_path):
-    generation = GenerationDefaults(cfg_scale=5.0, temperature=0.8, top_k=0)
+    generation = SamplingConfig(cfg_scale=5.0, temperature=0.8, top_k=0)
     _save(tiny_lm(), tmp_path, generation=generation, trained_steps=1234, source="runs/simba")
     config = read_config(tmp_path)
     assert config.generation == generation
@@ -137,12 +137,12 @@ BROKEN = {
     "unknown key": (lambda d: _edit_config(d, lambda c: c["model"]["backbone"].update(widht=3)), "widht"),
     "bad value": (
         lambda d: _edit_config(d, lambda c: c["model"]["backbone"].update(kind="lstm")),
-        "model.backbone.kind: 'lstm' is not one of",
+        "model.backbone: unknown backbone kind 'lstm'; choose one of: simba",
     ),
     "missing key": (lambda d: _edit_config(d, lambda c: c.pop("codec")), "missing key codec"),
     "bad generation": (
         lambda d: _edit_config(d, lambda c: c["generation"].update(top_k=-1)),
-        "generation: cfg_scale, temperature and top_k must not be negative",
+        "generation: sampling top_k -1 is out of range: must be >= 0 (0 = off)",
     ),
     "corrupt weights": (lambda d: (d / WEIGHTS).write_bytes(b"not a safetensors file"), "not a readable safetensors"),
     "other layers": (

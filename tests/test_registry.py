@@ -12,6 +12,7 @@ from conftest import KINDS, tiny_config, tiny_lm
 from ssmttm.backbones import MIXERS, mixer_spec
 from ssmttm.backbones.base import Mixer
 from ssmttm.cli import main
+from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError, from_dict, to_dict
 from ssmttm.generation import Generator
 from ssmttm.generation.cuda_graph import graphs_apply
@@ -27,7 +28,7 @@ def test_state_bytes_are_the_bytes_a_prefilled_state_holds(kind, state_dtype):
         pytest.skip(f"{kind} keeps no recurrent state in {state_dtype}")
     lm, positions = tiny_lm(kind), 7
     with torch.no_grad():
-        _, state = lm.prefill(torch.randn(1, positions, lm.cfg.text_dim))
+        _, state = lm.prefill(Conditioning(torch.randn(1, positions, lm.cfg.text_dim)))
     mixer_state = state.backbone.layers[0].mixer.with_recurrent_dtype(state_dtype)
     held = sum(t.nbytes for t in mixer_state.tensors())
     assert held == spec.state_bytes(lm.cfg.backbone, positions, state_dtype)
@@ -60,9 +61,11 @@ def test_a_kind_that_is_only_registered_works_everywhere(monkeypatch, capsys):
     torch.manual_seed(0)
     lm = MusicLM(copy).eval()
     codes, text = torch.randint(0, 11, (2, 3, 9)), torch.randn(2, 4, 6)
-    torch.testing.assert_close(lm.compute_loss(codes, text).loss, reference.compute_loss(codes, text).loss)
+    torch.testing.assert_close(
+        lm.compute_loss(codes, Conditioning(text)).loss, reference.compute_loss(codes, Conditioning(text)).loss
+    )
     assert forward_flops(copy, 9, 4) == forward_flops(original, 9, 4)
-    decoded = Generator(lm, state_dtype=torch.bfloat16).generate(text, None, 6, seed=0)
+    decoded = Generator(lm, state_dtype=torch.bfloat16).generate(Conditioning(text), 6, seed=0)
     assert decoded.shape == (2, 3, 6)
     assert main(["summary", "tiny-mamba2", "backbone.kind=mamba2-copy"]) == 0
     out = capsys.readouterr().out

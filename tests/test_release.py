@@ -20,6 +20,7 @@ from ssmttm.backbones import BackboneConfig
 from ssmttm.backbones.mamba2 import Mamba2Config
 from ssmttm.cli import main
 from ssmttm.codecs import load_codec
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation.pipeline import GenerationError, TextToMusic
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
@@ -94,7 +95,7 @@ def test_lightning_checkpoint_imports_end_to_end_through_the_cli(golden_dir, tmp
     assert {to_release(key) for key in stored} - {None} == set(weights)  # every release tensor, nothing else
     lm, _ = load_pretrained(tmp_path / "m")
     with torch.no_grad():
-        logits = lm(tensors["codes"], tensors["text_embeddings"])
+        logits = lm(tensors["codes"], Conditioning(tensors["text_embeddings"]))
     torch.testing.assert_close(logits, tensors["logits"], atol=1e-4, rtol=0)
 
 
@@ -229,7 +230,9 @@ def test_a_stage_one_checkpoint_imports(tmp_path):
     assert imported.cfg.num_codebooks == 1 and imported.cfg.backbone.mamba2.headdim == 16
     codes, text = torch.randint(0, 1025, (2, 1, 9)), torch.randn(2, 5, 768)
     with torch.no_grad():
-        torch.testing.assert_close(imported(codes, text), direct(codes, text), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            imported(codes, Conditioning(text)), direct(codes, Conditioning(text)), atol=1e-5, rtol=0
+        )
 
 
 def test_simba_300m_in_release_mode_is_the_release_size():
@@ -287,11 +290,13 @@ def test_lm_takes_every_padded_position_as_in_the_release(golden_import, release
     changed = emb.clone()
     changed[0, 30] += 1.0
     with torch.no_grad():
-        logits, _ = golden_lm.prefill(emb, mask)
-        moved = golden_lm.prefill(changed, mask)[0]
+        logits, _ = golden_lm.prefill(Conditioning(emb, mask))
+        moved = golden_lm.prefill(Conditioning(changed, mask))[0]
         assert (logits - moved).abs().max() > 1e-4  # the release's model sees padding
         ours = with_text_mask_applied(golden_lm)
-        torch.testing.assert_close(ours.prefill(emb, mask)[0], ours.prefill(changed, mask)[0])  # ours does not
+        torch.testing.assert_close(
+            ours.prefill(Conditioning(emb, mask))[0], ours.prefill(Conditioning(changed, mask))[0]
+        )  # ours does not
 
 
 def test_pipeline_feeds_all_60_positions_and_the_padded_empty_caption(golden_import, release_t5, dac_1024_dir):
@@ -300,9 +305,9 @@ def test_pipeline_feeds_all_60_positions_and_the_padded_empty_caption(golden_imp
     seen = []
     original = model.lm.prefill
 
-    def spy(text, text_mask=None, seq=None, clock=None):
-        seen.append((text, text_mask))
-        return original(text, text_mask, seq, clock=clock)
+    def spy(cond, seq=None):
+        seen.append((cond.text, cond.mask))
+        return original(cond, seq)
 
     model.lm.prefill = spy
     model.generate_codes(["jazz"], duration=0.05, seed=0)

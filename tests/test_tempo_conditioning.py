@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_lm
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.lm import MusicLM
 from ssmttm.presets import load_preset
@@ -130,7 +131,7 @@ def test_the_tempo_changes_what_the_lm_predicts(tempo):
     lm = tiny_lm(conditioning="cross", text_dim=tempo.dim)
     codes = torch.randint(0, lm.cfg.cardinality, (1, lm.cfg.num_codebooks, 6))
     with torch.no_grad():
-        losses = [lm.compute_loss(codes, *tempo([f"jazz at {bpm} BPM"])).loss for bpm in (90, 91, 150)]
+        losses = [lm.compute_loss(codes, Conditioning(*tempo([f"jazz at {bpm} BPM"]))).loss for bpm in (90, 91, 150)]
     assert all(torch.isfinite(loss) for loss in losses)
     assert len({float(loss) for loss in losses}) == 3
 

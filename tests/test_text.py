@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_lm
 from torch import nn
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.text import EmbeddingCache, TextEncoder, TextEncoderError, Tokens, load_text_encoder
 from ssmttm.text.minilm import MiniLMEncoder
 from ssmttm.text.t5 import T5Encoder
@@ -124,7 +125,7 @@ def test_output_conditions_the_lm(encoder):
     codes = torch.randint(0, lm.cfg.cardinality, (2, lm.cfg.num_codebooks, 5))
     for texts in (["", "jazz"], ["", ""]):
         emb, mask = encoder(texts)
-        assert torch.isfinite(lm.compute_loss(codes, emb, mask).loss)
+        assert torch.isfinite(lm.compute_loss(codes, Conditioning(emb, mask)).loss)
 
 
 # -- the cache ----------------------------------------------------------------------------------

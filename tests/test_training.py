@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssmttm.conditioning import Conditioning
 from ssmttm.config import to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import PLAN, merge, write_unit
@@ -120,6 +121,7 @@ def model_state(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(last_checkpoint(run_dir), weights_only=True)["model"]
 
 
+@pytest.mark.slow  # 40 steps and a validation pass, about 20 s
 def test_tiny_training_beats_the_unigram_baseline(collection, tmp_path):
     config = resolve(train_config(collection, val_every=40), ["schedule.max_steps=40"])
     Trainer(config, tmp_path / "run").fit()
@@ -142,6 +144,7 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
+@pytest.mark.slow  # three training runs in subprocesses, about 45 s; test_task.py resumes mid-epoch in-process
 def test_a_run_killed_mid_epoch_resumes_bit_for_bit(collection, tmp_path):
     """32 training clips in micro-batches of 4, two per step: 4 steps an epoch, checkpoints every 3."""
     data = train_config(collection, checkpoint_every=3, val_every=100)
@@ -197,6 +200,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(collection, tm
     assert Trainer(config, tmp_path / "run").fit().step == 6  # and the run goes on from it
 
 
+@pytest.mark.slow  # a one-process run and a two-process DDP run, about 30 s
 def test_two_gloo_processes_take_the_same_step_as_one(collection, tmp_path):
     """DDP over 2 CPU processes, micro-batch 4 each, against one process accumulating 2 micro-batches
     of 4: the same 8 clips per step. No dropout, so both see the same math; eps large enough that
@@ -240,7 +244,7 @@ def test_export_then_load_gives_identical_logits(collection, tmp_path):
     trained.eval()
     seq = torch.randint(CARDINALITY, (2, CODEBOOKS, 10))
     text, mask = torch.randn(2, 5, 384), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    assert torch.equal(model(seq, text, mask), trained(seq, text, mask))
+    assert torch.equal(model(seq, Conditioning(text, mask)), trained(seq, Conditioning(text, mask)))
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(collection, tmp_path, monkeypatch):
@@ -333,6 +337,7 @@ def test_a_run_shorter_than_its_warmup_and_checkpoint_interval_scales_them():
     assert (tiniest.warmup_steps, tiniest.checkpoint_every) == (0, 1)  # no warm-up; every step
 
 
+@pytest.mark.slow  # 20 steps, 10 checkpoints, about 17 s; fit_to_run's arithmetic is tested above
 def test_a_short_run_warms_up_and_checkpoints_within_it_and_says_so_once(collection, tmp_path, monkeypatch, caplog):
     config = resolve(
         train_config(collection, checkpoint_every=100, checkpoint_minutes=0),
@@ -358,6 +363,7 @@ def test_a_short_run_warms_up_and_checkpoints_within_it_and_says_so_once(collect
     assert config.schedule.warmup_steps == 50  # the saved config keeps what was asked for
 
 
+@pytest.mark.slow  # three runs, about 30 s
 def test_a_timed_checkpoint_is_written_and_resumed_from(collection, tmp_path, monkeypatch, caplog):
     """Each step takes 40 s by the injected clock, so a 1-minute interval checkpoints every second
     step; the step interval (8 of 8) only at the end. A kill in step 5 resumes from the timed one."""

@@ -13,6 +13,7 @@ from typing import NoReturn
 from ssmttm import __version__
 from ssmttm.backbones import mixer_spec
 from ssmttm.codecs.command import add_codec_commands, codec_names
+from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError
 from ssmttm.data.synth.command import add_synth_command
 from ssmttm.generation.command import add_generate_command
@@ -116,7 +117,7 @@ def _decode_demo(cfg, steps: int) -> None:
     generator = Generator(MusicLM(cfg))
     text = torch.randn(1, 8, cfg.text_dim)
     start = time.perf_counter()
-    codes = generator.generate(text, None, num_frames=steps, sampling=SamplingConfig(), seed=0, progress=True)
+    codes = generator.generate(Conditioning(text), steps, sampling=SamplingConfig(), seed=0, progress=True)
     elapsed = time.perf_counter() - start
     print(
         f"  decoded       {tuple(codes.shape)} codes (random weights) in {elapsed:.1f} s, with CFG: "

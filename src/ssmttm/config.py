@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -21,6 +23,39 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file, dict or override that does not match its dataclass."""
+
+
+# What each sampling setting accepts, as a user reads it; `sampling_range_problem` checks them one by one.
+SAMPLING_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "cfg_scale": (">= 0 (1 = no guidance)", lambda v: v >= 0),
+    "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
+    "top_k": (">= 0 (0 = off)", lambda v: v >= 0),
+    "top_p": ("in [0, 1] (0 = off)", lambda v: 0 <= v <= 1),
+}
+
+
+def sampling_range_problem(name: str, value: float) -> str | None:
+    """Why `value` is out of range for the setting `name` ("must be >= 0 ..."), else None; NaN is out."""
+    expected, ok = SAMPLING_RANGES[name]
+    return None if ok(value) else f"must be {expected}"
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are drawn from the LM's logits: MusicGen's defaults. An exported model saves its
+    own (`ssmttm.pretrained`), which `TextToMusic` starts from; the generator, given none, uses these."""
+
+    cfg_scale: float = 3.0  # classifier-free guidance; 1 means none: the unconditional branch is not run
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 250  # keep the k most likely tokens; 0 means off
+    top_p: float = 0.0  # keep the smallest set of tokens whose probability reaches p; 0 means off
+
+    def __post_init__(self) -> None:
+        for name in SAMPLING_RANGES:
+            value = getattr(self, name)
+            problem = sampling_range_problem(name, value)
+            if problem:  # the one bad field, not every field: the others may be fine defaults
+                raise ConfigError(f"sampling {name} {value:g} is out of range: {problem}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ssmttm.backbones import MIXERS, BackboneConfig, BatchState, Context, StackState, build_backbone, mixer_spec
 from ssmttm.beat_clock import FEATURES, clock_features
+from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError
 from ssmttm.ops.linear import linear
 from ssmttm.patterns import CodebookPattern, make_pattern
@@ -112,29 +113,20 @@ class MusicLM(nn.Module):
 
     # -- training path ---------------------------------------------------------------------------
 
-    def forward(
-        self, seq: Tensor, text: Tensor, text_mask: Tensor | None = None, clock: Tensor | None = None
-    ) -> Tensor:
-        """seq (B, K, T) pattern sequence, text (B, L, text_dim), text_mask (B, L) bool, clock (B, 2)
-        (beat_clock.py; read only by models with `beat_clock`).
+    def forward(self, seq: Tensor, cond: Conditioning) -> Tensor:
+        """seq (B, K, T) pattern sequence, conditioned on `cond`'s B rows (its clock is read only
+        by models with `beat_clock`).
 
         Returns logits (B, K, T + 1, V): column i predicts seq[:, :, i].
         """
-        x, ctx, prefix_len, _ = self._inputs(seq, text, text_mask, clock)
+        x, ctx, prefix_len, _ = self._inputs(seq, cond)
         h = self.backbone(x, ctx)
         return self._logits(h[:, prefix_len - 1 :])
 
-    def compute_loss(
-        self,
-        codes: Tensor,
-        text: Tensor,
-        text_mask: Tensor | None = None,
-        label_smoothing: float | None = None,
-        clock: Tensor | None = None,
-    ) -> LossOutput:
+    def compute_loss(self, codes: Tensor, cond: Conditioning, label_smoothing: float | None = None) -> LossOutput:
         """Teacher-forced loss on codec frames (B, K, T); frames holding the special id are padding."""
         seq = self.pattern.build(codes)
-        logits = self(seq[..., :-1], text, text_mask, clock)
+        logits = self(seq[..., :-1], cond)
         return self.loss(logits, seq, self.pattern.valid_mask(codes.shape[-1], device=codes.device), label_smoothing)
 
     def loss(
@@ -162,14 +154,13 @@ class MusicLM(nn.Module):
 
     # -- decoding path ---------------------------------------------------------------------------
 
-    def prefill(
-        self, text: Tensor, text_mask: Tensor | None = None, seq: Tensor | None = None, clock: Tensor | None = None
-    ) -> tuple[Tensor, LMState]:
-        """Run the text (and optionally the first columns of a sequence) in parallel.
+    def prefill(self, cond: Conditioning, seq: Tensor | None = None) -> tuple[Tensor, LMState]:
+        """Run the conditions (and optionally the first columns of a sequence (R, K, S)) in parallel,
+        every row of `cond` alike.
 
-        Returns the logits of the next column (B, K, V) and the state to `step` from.
+        Returns the logits of the next column (R, K, V) and the state to `step` from.
         """
-        x, ctx, prefix_len, clock = self._inputs(seq, text, text_mask, clock)
+        x, ctx, prefix_len, clock = self._inputs(seq, cond)
         h, state = self.backbone.prefill(x, ctx)
         return self._logits(h[:, -1]), LMState(state, x.shape[1], clock, x.shape[1] - prefix_len)
 
@@ -202,12 +193,11 @@ class MusicLM(nn.Module):
         columns = first + torch.arange(count, device=clock.device)
         return linear(clock_features(clock, columns), self.clock)
 
-    def _inputs(
-        self, seq: Tensor | None, text: Tensor, text_mask: Tensor | None, clock: Tensor | None = None
-    ) -> tuple[Tensor, Context, int, Tensor | None]:
+    def _inputs(self, seq: Tensor | None, conditioning: Conditioning) -> tuple[Tensor, Context, int, Tensor | None]:
         """The backbone's input sequence, its context, the prefix length, and the clock as used: the
         null condition's rows (no caption, or a caption dropped in training) hear no clock."""
-        cond, cond_mask, null_rows = self._condition(text, text_mask)
+        clock = conditioning.clock
+        cond, cond_mask, null_rows = self._condition(conditioning.text, conditioning.mask)
         batch = cond.shape[0]
         if self.start is None:
             prefix, prefix_mask, ctx = cond, cond_mask, Context()

@@ -3,7 +3,8 @@
     DIR/model.safetensors   the LM's state dict (tensors only, no pickle)
     DIR/config.json         {"format_version": 1, "model": {LMConfig}, "codec": ..., "text_encoder": ...,
                              "text_padding": "left" | "release",
-                             "generation": {"cfg_scale", "temperature", "top_k"}, "trained_steps", "source"}
+                             "generation": {"cfg_scale", "temperature", "top_k", "top_p"},
+                             "trained_steps", "source"}
 
 The codec and the text encoder are frozen, so they are named (anything `load_codec` and
 `load_text_encoder` accept), not stored. `ssmttm export` and the generation side's
@@ -24,7 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from ssmttm.config import ConfigError, from_dict, to_dict
+from ssmttm.config import ConfigError, SamplingConfig, from_dict, to_dict
 from ssmttm.files import atomic_write, read_text, write_json
 from ssmttm.hub import first_line, how_to_provide, is_hub_id, offline
 from ssmttm.lm import LMConfig, MusicLM
@@ -39,19 +40,6 @@ class PretrainedError(ValueError):
 
 
 @dataclass
-class GenerationDefaults:
-    """What `generate` uses when the caller says nothing; MusicGen's defaults."""
-
-    cfg_scale: float = 3.0  # 1 means no guidance
-    temperature: float = 1.0  # 0 means greedy
-    top_k: int = 250  # 0 means no top-k filtering
-
-    def __post_init__(self) -> None:
-        if self.cfg_scale < 0 or self.temperature < 0 or self.top_k < 0:
-            raise ConfigError("cfg_scale, temperature and top_k must not be negative")
-
-
-@dataclass
 class PretrainedConfig:
     """Everything besides the weights that it takes to generate with an exported model."""
 
@@ -61,7 +49,7 @@ class PretrainedConfig:
     # The text encoder's output layout (ssmttm.text): "left" for our models; "release" for the
     # authors' imported checkpoints, which were trained on it. Absent in older files: "left".
     text_padding: Literal["left", "release"] = "left"
-    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)  # what `generate` starts from
     format_version: int = FORMAT_VERSION
     trained_steps: int | None = None  # optimizer steps behind the weights, when known
     source: str = ""  # where the weights came from, e.g. the run folder or checkpoint
@@ -73,7 +61,7 @@ def save_pretrained(
     *,
     codec: str,
     text_encoder: str,
-    generation: GenerationDefaults | None = None,
+    generation: SamplingConfig | None = None,
     trained_steps: int | None = None,
     source: str = "",
     text_padding: Literal["left", "release"] = "left",
@@ -89,7 +77,7 @@ def save_pretrained(
         codec=codec,
         text_encoder=text_encoder,
         text_padding=text_padding,
-        generation=generation or GenerationDefaults(),
+        generation=generation or SamplingConfig(),
         trained_steps=trained_steps,
         source=source,
     )

@@ -103,10 +103,10 @@ FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top-k
 def _check_sampling(settings: dict[str, float | None]) -> None:
     """The first setting given out of range, named by its flag: before the model loads, so its
     defaults are not known yet and only the values given are checked."""
-    from ssmttm.generation.sampling import range_problem
+    from ssmttm.config import sampling_range_problem
 
     for name, value in settings.items():
-        problem = None if value is None else range_problem(name, value)
+        problem = None if value is None else sampling_range_problem(name, value)
         if problem:
             raise ValueError(f"{FLAGS[name]} {value:g}: {problem}")
 

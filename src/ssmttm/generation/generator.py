@@ -15,22 +15,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssmttm.backbones import mixer_spec
-from ssmttm.beat_clock import no_clock
+from ssmttm.conditioning import Conditioning
 from ssmttm.generation.cuda_graph import GraphedStep, graphs_apply
 from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
-
-Text = tuple[Tensor, Tensor]  # embeddings (B, L, text_dim) and mask (B, L)
 
 
 class Generator:
     def __init__(
         self,
         lm: MusicLM,
+        *,
         weight_dtype: torch.dtype | None = None,
-        cuda_graph: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        cuda_graph: bool | None = None,
     ) -> None:
         """weight_dtype: decode with a private copy of the model whose Linear weights are stored in
         this dtype (bf16 halves the bytes a step reads); activations stay fp32.
@@ -73,69 +72,57 @@ class Generator:
     @torch.no_grad()
     def generate(
         self,
-        text: Tensor,
-        text_mask: Tensor | None,
+        cond: Conditioning,
         num_frames: int,
+        *,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
+        continuation: Tensor | None = None,
         progress: bool = False,
-        prompt: Tensor | None = None,
-        uncond: Text | None = None,
-        clock: Tensor | None = None,
     ) -> Tensor:
-        """text (B, L, text_dim), left-padded with text_mask (B, L) -> codes (B, K, num_frames).
-
-        `prompt` (B, K, P), P <= num_frames: frames to continue; the output starts with them.
-        `uncond`: the text and mask of CFG's unconditional rows, shaped like `text` and `text_mask`;
-        None is the LM's null condition (no real text position).
-        `clock` (B, 2): each row's beat clock (beat_clock.py), for models that read one; CFG's
-        unconditional rows hear none.
-        """
-        columns = list(self.columns(text, text_mask, num_frames, sampling, seed, progress, prompt, uncond, clock))
-        return self.lm.pattern.revert(torch.stack(columns, dim=-1), num_frames)
+        """codes (B, K, num_frames) for the B prompts of `cond`; keywords as `columns`."""
+        columns = self.columns(
+            cond, num_frames, sampling=sampling, seed=seed, continuation=continuation, progress=progress
+        )
+        return self.lm.pattern.revert(torch.stack(list(columns), dim=-1), num_frames)
 
     @torch.no_grad()
     def columns(
         self,
-        text: Tensor,
-        text_mask: Tensor | None,
+        cond: Conditioning,
         num_frames: int,
+        *,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
+        continuation: Tensor | None = None,
         progress: bool = False,
-        prompt: Tensor | None = None,
-        uncond: Text | None = None,
-        clock: Tensor | None = None,
     ) -> Iterator[Tensor]:
         """Yield the pattern sequence one column (B, K) at a time, special ids included.
 
-        seed: one per row, or an int s giving row i the seed s + i, so a prompt's result does not
-        depend on what else is in the batch. With a `prompt` (B, K, P), the columns it fills
-        entirely are run in parallel by `prefill`; in the columns it fills in part (the delay
-        pattern's staircase) its tokens overwrite the sampled ones.
+        cond: the B prompts' conditions. Guided sampling (cfg_scale != 1) runs their unconditional
+        twins beside them: those `cond` holds, or else the LM's null condition.
+        seed: one per prompt, or an int s giving prompt i the seed s + i, so a prompt's result does
+        not depend on what else is in the batch.
+        continuation (B, K, P), P <= num_frames: codes to continue; the output starts with them. The
+        columns they fill entirely are run in parallel by `prefill`; in the columns they fill in
+        part (the delay pattern's staircase) their tokens overwrite the sampled ones.
         """
         sampling = sampling or SamplingConfig()
         pattern = self.lm.pattern
-        batch = text.shape[0]
         guided = sampling.cfg_scale != 1.0
-        if text_mask is None:
-            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        if guided:  # the unconditional twin of each row: by default no real text, i.e. the null condition
-            null_text, null_mask = uncond or (torch.zeros_like(text), torch.zeros_like(text_mask))
-            text, text_mask = torch.cat([text, null_text]), torch.cat([text_mask, null_mask.bool()])
-            if clock is not None:
-                clock = torch.cat([clock, no_clock(batch, clock.device)])
-        generators = _row_generators(seed, batch, text.device)
-        valid = pattern.valid_mask(num_frames, device=text.device)  # (K, S)
+        cond = cond.with_null_twins() if guided else cond.prompt_rows()
+        batch, device = cond.batch, cond.text.device
+        generators = _row_generators(seed, batch, device)
+        valid = pattern.valid_mask(num_frames, device=device)  # (K, S)
         length = valid.shape[1]
-        known, given = self._prompt_columns(prompt, num_frames, length, batch, text.device)
-        full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the prompt fills entirely
+        known, given = self._continuation_columns(continuation, num_frames, length, batch, device)
+        full = int((known | ~valid).all(dim=0).long().cumprod(0).sum())  # columns the continuation fills entirely
         seq = given[..., :full]
-        logits, state = self.lm.prefill(text, text_mask, torch.cat([seq, seq]) if guided else seq, clock=clock)
+        logits, state = self.lm.prefill(cond, torch.cat([seq, seq]) if guided else seq)
         if self.state_dtype is not None:
             state = state.with_recurrent_dtype(self.state_dtype)
         step = self.lm.step
-        if self._graphed(text.device) and length - full > 1:
+        if self._graphed(device) and length - full > 1:
             graphed = GraphedStep(self.lm, state, torch.cat([given[..., 0]] * 2) if guided else given[..., 0])
 
             def step(tokens: Tensor, _: object) -> tuple[Tensor, None]:
@@ -148,7 +135,7 @@ class Generator:
             if guided:
                 logits = classifier_free_guidance(logits[:batch], logits[batch:], sampling.cfg_scale)
             tokens = self._sample_column(logits, valid[:, s], valid_any[s], sampling, generators)
-            if prompt is not None:  # the staircase of a continuation: its tokens, not sampled ones
+            if continuation is not None:  # the staircase of a continuation: its tokens, not sampled ones
                 tokens = torch.where(known[:, s], given[..., s], tokens)
             yield tokens
             if s + 1 < length:
@@ -165,24 +152,24 @@ class Generator:
             )
         return applies
 
-    def _prompt_columns(
-        self, prompt: Tensor | None, num_frames: int, length: int, batch: int, device
+    def _continuation_columns(
+        self, codes: Tensor | None, num_frames: int, length: int, batch: int, device
     ) -> tuple[Tensor, Tensor]:
-        """known (K, S): positions the prompt fixes; given (B, K, S): the prompt in pattern order."""
+        """known (K, S): positions the continued codes fix; given (B, K, S): those codes in pattern order."""
         pattern, special = self.lm.pattern, self.lm.cfg.special_token
-        if prompt is None:
+        if codes is None:
             return (
                 torch.zeros(pattern.num_codebooks, length, dtype=torch.bool, device=device),
                 torch.full((batch, pattern.num_codebooks, length), special, dtype=torch.long, device=device),
             )
-        if prompt.dim() != 3 or prompt.shape[:2] != (batch, pattern.num_codebooks) or prompt.shape[2] > num_frames:
+        if codes.dim() != 3 or codes.shape[:2] != (batch, pattern.num_codebooks) or codes.shape[2] > num_frames:
             raise ValueError(
-                f"prompt codes must be (B={batch}, K={pattern.num_codebooks}, P <= {num_frames}), "
-                f"got {tuple(prompt.shape)}"
+                f"continuation codes must be (B={batch}, K={pattern.num_codebooks}, P <= {num_frames}), "
+                f"got {tuple(codes.shape)}"
             )
-        frames = prompt.shape[2]
-        prompt = prompt.to(device)  # a codec may encode on another device (the spectral codecs: CPU)
-        padded = torch.cat([prompt, prompt.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1)
+        frames = codes.shape[2]
+        codes = codes.to(device)  # a codec may encode on another device (the spectral codecs: CPU)
+        padded = torch.cat([codes, codes.new_full((batch, pattern.num_codebooks, num_frames - frames), special)], -1)
         return pattern.valid_mask(frames, length, device=device), pattern.build(padded)
 
     def _sample_column(

@@ -13,6 +13,7 @@ decoder, so nothing grows with the duration except the output file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -24,14 +25,15 @@ import torch
 from torch import Tensor
 
 from ssmttm.audio import GrowingWav, audio_format, partial_path
-from ssmttm.beat_clock import tempo_clock
+from ssmttm.beat_clock import no_clock, tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
+from ssmttm.conditioning import Conditioning
 from ssmttm.files import replace_durably, staging_path
-from ssmttm.generation.generator import Generator, Text
+from ssmttm.generation.generator import Generator
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
 from ssmttm.patterns import StreamingRevert
-from ssmttm.pretrained import GenerationDefaults, PretrainedConfig, load_pretrained, save_pretrained
+from ssmttm.pretrained import PretrainedConfig, load_pretrained, save_pretrained
 from ssmttm.text import TextEncoder, load_text_encoder
 from ssmttm.text.stated_tempo import stated_bpm
 
@@ -73,7 +75,7 @@ class TextToMusic:
         if text_encoder.padding == "release" and lm.cfg.text_mask != "ignore":
             raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")
         self.lm, self.codec, self.text_encoder, self.config = lm.eval(), codec, text_encoder, config
-        self.generator = Generator(lm, weight_dtype, state_dtype=state_dtype)
+        self.generator = Generator(lm, weight_dtype=weight_dtype, state_dtype=state_dtype)
         self.max_duration = max_duration
 
     @classmethod
@@ -122,14 +124,9 @@ class TextToMusic:
         top_p: float | None = None,
     ) -> SamplingConfig:
         """The saved defaults with the given settings on top; out-of-range values are a GenerationError."""
-        defaults: GenerationDefaults = self.config.generation
+        given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         try:
-            return SamplingConfig(
-                temperature=defaults.temperature if temperature is None else temperature,
-                cfg_scale=defaults.cfg_scale if cfg_scale is None else cfg_scale,
-                top_k=defaults.top_k if top_k is None else top_k,
-                top_p=0.0 if top_p is None else top_p,
-            )
+            return dataclasses.replace(self.config.generation, **{k: v for k, v in given.items() if v is not None})
         except ValueError as err:
             raise GenerationError(str(err)) from None
 
@@ -138,12 +135,14 @@ class TextToMusic:
         check_duration(duration, self.max_duration)
         return max(1, math.ceil(duration * self.frame_rate))
 
-    def _text(self, prompts: str | Sequence[str], sampling: SamplingConfig) -> tuple[Tensor, Tensor, Text | None]:
-        """Embeddings (B, L, D) and mask (B, L) of the prompts, and CFG's unconditional text when guided.
+    def conditioning(self, prompts: str | Sequence[str], sampling: SamplingConfig) -> Conditioning:
+        """The prompts' conditions, with CFG's unconditional twins when `sampling` is guided.
 
         The unconditional rows are the empty caption, encoded in one batch with the prompts, as the
         release does. With our encoders that is the LM's null condition (rows with no real position);
-        in the release's layout, T5's </s> padded like the prompts.
+        in the release's layout, T5's </s> padded like the prompts. Models with a beat clock get the
+        tempo each prompt states; the piece starts on a downbeat (a continuation's clip is taken to
+        start on one too), and the unconditional rows hear no clock.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -151,19 +150,15 @@ class TextToMusic:
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise GenerationError(f"empty prompt {prompt!r}: describe the music to generate")
-        if sampling.cfg_scale == 1.0:
-            return (*self.text_encoder.embed(prompts), None)  # warns when a prompt is truncated
-        emb, mask = self.text_encoder.embed(prompts + [""] * len(prompts))  # (2B, L, D), (2B, L)
-        batch = len(prompts)
-        return emb[:batch], mask[:batch], (emb[batch:], mask[batch:])
-
-    def _clock(self, prompts: str | Sequence[str]) -> Tensor | None:
-        """(B, 2) the beat clock of the tempo each prompt states, for models that read one; the
-        piece starts on a downbeat (a continuation's clip is taken to start on one too)."""
-        if not self.lm.cfg.beat_clock:
-            return None
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return torch.tensor([tempo_clock(stated_bpm(p), self.frame_rate) for p in prompts], dtype=torch.float64)
+        guided = sampling.cfg_scale != 1.0
+        # One call, warning once when a prompt is truncated; (2B, L, D) and (2B, L) when guided.
+        text, mask = self.text_encoder.embed(prompts + [""] * len(prompts) if guided else prompts)
+        clock = None
+        if self.lm.cfg.beat_clock:
+            clock = torch.tensor([tempo_clock(stated_bpm(p), self.frame_rate) for p in prompts], dtype=torch.float64)
+            if guided:
+                clock = torch.cat([clock, no_clock(len(prompts))])
+        return Conditioning(text, mask, clock, prompts=len(prompts))
 
     def _continuation(
         self, audio: Tensor | np.ndarray | None, rate: int | None, batch: int, duration: float, frames: int
@@ -203,10 +198,11 @@ class TextToMusic:
         encoded and continued, and the output starts with its frames."""
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
-        text, mask, uncond = self._text(prompts, sampling)
-        prompt = self._continuation(continuation, continuation_rate, text.shape[0], duration, frames)
-        clock = self._clock(prompts)
-        return self.generator.generate(text, mask, frames, sampling, seed, progress, prompt, uncond, clock)
+        cond = self.conditioning(prompts, sampling)
+        codes = self._continuation(continuation, continuation_rate, cond.batch, duration, frames)
+        return self.generator.generate(
+            cond, frames, sampling=sampling, seed=seed, continuation=codes, progress=progress
+        )
 
     def generate(self, prompts: str | Sequence[str], duration: float = 10.0, **kwargs) -> Tensor:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
@@ -232,15 +228,16 @@ class TextToMusic:
         """
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
-        text, mask, uncond = self._text(prompts, sampling)
-        prompt = self._continuation(continuation, continuation_rate, text.shape[0], duration, frames)
+        cond = self.conditioning(prompts, sampling)
+        codes = self._continuation(continuation, continuation_rate, cond.batch, duration, frames)
         chunk = max(1, round(chunk_seconds * self.frame_rate))
         revert = StreamingRevert(self.lm.pattern)
         decoder = self.codec.stream_decoder()
         pending: list[Tensor] = []
         remaining = round(duration * self.sample_rate)
-        clock = self._clock(prompts)
-        columns = self.generator.columns(text, mask, frames, sampling, seed, progress, prompt, uncond, clock)
+        columns = self.generator.columns(
+            cond, frames, sampling=sampling, seed=seed, continuation=codes, progress=progress
+        )
         for column in columns:
             frame = revert.push(column)
             if frame.shape[-1]:

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-# What each setting accepts, as a user reads it; `range_problem` checks them one by one.
-RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
-    "cfg_scale": (">= 0 (1 = no guidance)", lambda v: v >= 0),
-    "top_k": (">= 0 (0 = off)", lambda v: v >= 0),
-    "top_p": ("in [0, 1] (0 = off)", lambda v: 0 <= v <= 1),
-}
+from ssmttm.config import SamplingConfig
 
-
-def range_problem(name: str, value: float) -> str | None:
-    """Why `value` is out of range for the setting `name` ("must be >= 0 ..."), else None; NaN is out."""
-    expected, ok = RANGES[name]
-    return None if ok(value) else f"must be {expected}"
-
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 1.0  # 0 means greedy
-    cfg_scale: float = 3.0  # 1 means no guidance: the unconditional branch is not run at all
-    top_k: int = 0  # keep the k most likely tokens; 0 means off
-    top_p: float = 0.0  # keep the smallest set of tokens whose probability reaches p; 0 means off
-
-    def __post_init__(self) -> None:
-        for name in RANGES:
-            value = getattr(self, name)
-            problem = range_problem(name, value)
-            if problem:  # the one bad field, not every field: the others may be fine defaults
-                raise ValueError(f"sampling {name} {value:g} is out of range: {problem}")
+__all__ = ["SamplingConfig", "classifier_free_guidance", "filter_logits", "sample"]
 
 
 def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:

@@ -23,9 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ssmttm.config import SamplingConfig
 from ssmttm.hub import first_line
 from ssmttm.lm import MusicLM
-from ssmttm.pretrained import GenerationDefaults, save_pretrained
+from ssmttm.pretrained import save_pretrained
 from ssmttm.release.layout import ReleaseError, build_lm, check_config, infer_shape
 from ssmttm.text.t5 import FLAN_T5_BASE
 
@@ -33,7 +34,7 @@ MODEL_PREFIX = "music_model."
 TEXT_ENCODER_PREFIX = "text_encoder."
 DAC_44KHZ = "descript/dac_44khz"
 # The release's sampling (pl_model.forward as its inference script calls it): CFG 3, temperature 1.2, top-k 250.
-RELEASE_SAMPLING = GenerationDefaults(cfg_scale=3.0, temperature=1.2, top_k=250)
+RELEASE_SAMPLING = SamplingConfig(cfg_scale=3.0, temperature=1.2, top_k=250)
 
 
 @dataclass

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssmttm.config import ConfigError, to_dict
+from ssmttm.conditioning import Conditioning
+from ssmttm.config import ConfigError, SamplingConfig, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import TokenStore
 from ssmttm.hub import first_line
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
-from ssmttm.pretrained import GenerationDefaults, PretrainedError, load_weights, save_pretrained, state_dict_problems
+from ssmttm.pretrained import PretrainedError, load_weights, save_pretrained, state_dict_problems
 from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.config import DataConfig, TrainConfig
 from ssmttm.training.data import CaptionedWindows, EncoderKey, collate, fill_cache, require_prepared
@@ -105,7 +106,7 @@ class LMTask(Task):
         init_from_pretrained(model, source)
 
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> TaskLoss:
-        out = model.compute_loss(batch["codes"], batch["text"], batch["text_mask"], clock=batch["clock"])
+        out = model.compute_loss(batch["codes"], Conditioning(batch["text"], batch["text_mask"], batch["clock"]))
         return TaskLoss(out.loss)
 
     def tokens(self, batch: dict[str, Tensor]) -> int:
@@ -126,7 +127,7 @@ class LMTask(Task):
         counts = torch.zeros_like(sums)
         for batch in batches:
             out = model.compute_loss(
-                batch["codes"], batch["text"], batch["text_mask"], label_smoothing=0.0, clock=batch["clock"]
+                batch["codes"], Conditioning(batch["text"], batch["text_mask"], batch["clock"]), label_smoothing=0.0
             )
             sums += out.per_codebook.double() * out.num_tokens
             counts += out.num_tokens
@@ -145,12 +146,8 @@ class LMTask(Task):
     ) -> Path:
         """An ssmttm.pretrained folder: weights, model config, codec and text-encoder ids, and
         the generation defaults."""
-        defaults = GenerationDefaults()
-        generation = GenerationDefaults(
-            cfg_scale=defaults.cfg_scale if cfg_scale is None else cfg_scale,
-            temperature=defaults.temperature if temperature is None else temperature,
-            top_k=defaults.top_k if top_k is None else top_k,
-        )
+        given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k}
+        generation = SamplingConfig(**{k: v for k, v in given.items() if v is not None})
         return save_pretrained(
             model,
             out,
