@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmttm import tune_allocator
 from ssmttm.audio import load_audio, resample, to_mono
 from ssmttm.codecs import load_codec
 from ssmttm.codecs.quality import compare, mean_chroma, tempo_bpm
@@ -35,6 +36,8 @@ from ssmttm.codecs.spectral import SpectralCodec
 from ssmttm.codecs.spectral.rvq import dequantize
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.files import write_jsonl
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 TARGET = 0.9
 CLEAR_GAP = 0.02  # a top 3 whose 3rd and 4th pitch classes are closer than this is a near tie

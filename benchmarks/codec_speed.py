@@ -23,7 +23,10 @@ import time
 
 import torch
 
+from ssmttm import tune_allocator
 from ssmttm.codecs import Codec, CodecError, load_codec
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 THREADS = 2
 

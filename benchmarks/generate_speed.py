@@ -43,8 +43,8 @@ Sections (all by default; `--sections table,flat` picks some):
 Then one line per target of the issue, met or NOT met; the first (our time per step at 120 s
 within 5% of that at 5 s) is read from `flat` when it ran, from `table` otherwise.
 
-Every process imports ssmttm, whose allocator setting keeps freed memory in the heap
-(ssmttm/_allocator.py): MusicGen's cache, which transformers re-allocates one position longer at
+Every process tunes the allocator as the CLI does (speed_common.py), keeping freed memory in the
+heap (ssmttm/_allocator.py): MusicGen's cache, which transformers re-allocates one position longer at
 every step, is spared the page faults of fresh mappings too. transformers' MusicGen sizes its
 sinusoidal position table by `max_position_embeddings` (2048 by default) and rebuilds it at every
 step past it (41 s); here it covers 120 s, so that cost, which a longer table removes, is left out.

@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from ssmttm import tune_allocator
 from ssmttm.lm import count_parameters
 from ssmttm.presets import PRESET_DIR
 from ssmttm.training.config import load_train_config
 from ssmttm.training.layout import METRICS
 from ssmttm.training.plot import plot_runs
 from ssmttm.training.trainer import Trainer
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 BACKBONES = ("tiny-simba", "tiny-mamba2", "tiny-transformer")
 

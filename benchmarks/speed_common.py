@@ -19,10 +19,13 @@ from collections.abc import Callable
 
 import torch
 
+from ssmttm import tune_allocator
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.lm import MusicLM
 from ssmttm.presets import load_preset
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 FRAME_RATE = 86.13  # DAC 44.1 kHz frames per second
 TEXT_TOKENS = 32

@@ -20,10 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from ssmttm import tune_allocator
 from ssmttm.audio import save_audio
 from ssmttm.data.synth import CorpusSettings, compose, piece_record, piece_rngs, synthesize_corpus
 from ssmttm.data.synth.render import level, render_score
 from ssmttm.data.synth.vocabulary import LOUDNESS_DBFS
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 
 def corpus_speed(args: argparse.Namespace) -> None:

@@ -43,6 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ssmttm import tune_allocator
 from ssmttm.audio import load_audio, to_mono
 from ssmttm.codecs.quality import tempo_bpm
 from ssmttm.codecs.spectral.rvq import dequantize
@@ -50,7 +51,10 @@ from ssmttm.conditioning import Conditioning
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
 from ssmttm.generation.pipeline import TextToMusic
+from ssmttm.generation.precision import Precision
 from ssmttm.text.stated_tempo import stated_bpm
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
@@ -264,7 +268,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work)
 
-    model = TextToMusic.from_pretrained(args.model, state_dtype=torch.bfloat16 if args.state_dtype == "bf16" else None)
+    state = torch.bfloat16 if args.state_dtype == "bf16" else torch.float32
+    model = TextToMusic.from_pretrained(args.model, precision=Precision(state_dtype=state))
     real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False, args.bpm_captions)
     real_codes = encode_clips(model, real, work / "classifier-corpus")
     loss = text_losses(model, real, real_codes)

@@ -17,9 +17,12 @@ import time
 
 import torch
 
+from ssmttm import tune_allocator
 from ssmttm.conditioning import Conditioning
 from ssmttm.lm import MusicLM, count_parameters
 from ssmttm.presets import load_preset
+
+tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
 DAC_FRAME_RATE = 44100 / 512
 

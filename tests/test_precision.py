@@ -18,6 +18,7 @@ from ssmttm.cli import main
 from ssmttm.generation import generator as generator_module
 from ssmttm.generation.command import DEMO_MODEL
 from ssmttm.generation.pipeline import TextToMusic
+from ssmttm.generation.precision import Precision
 from ssmttm.ops import cpu_kernels
 
 BF16 = torch.bfloat16
@@ -34,7 +35,8 @@ def _sampled_logits(monkeypatch, weight_dtype, state_dtype) -> torch.Tensor:
         return torch.randint(0, logits.shape[-1] - 1, logits.shape[:-1], generator=forced)
 
     monkeypatch.setattr(generator_module, "sample", record)
-    model = TextToMusic.from_pretrained(str(DEMO_MODEL), weight_dtype=weight_dtype, state_dtype=state_dtype)
+    precision = Precision(weight_dtype or torch.float32, state_dtype or torch.float32)
+    model = TextToMusic.from_pretrained(str(DEMO_MODEL), precision=precision)
     model.generate_codes(["calm piano with soft strings"], STEPS / model.frame_rate, seed=0)
     logits = torch.stack(seen)
     return logits.masked_fill(logits.isinf(), 0.0)  # the special id, masked out before sampling

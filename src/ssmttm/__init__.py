@@ -2,11 +2,9 @@
 
 from ssmttm._allocator import tune_allocator
 
-tune_allocator()
-
 __version__ = "0.1.0"
 
-__all__ = ["TextToMusic", "__version__"]
+__all__ = ["TextToMusic", "__version__", "tune_allocator"]
 
 
 def __getattr__(name: str):

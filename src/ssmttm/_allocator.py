@@ -6,6 +6,10 @@ faults and for the kernel zeroing pages: on a 2-core machine that was a third of
 long `forward` (benchmarks/README.md). Raising the mmap and trim thresholds makes those blocks
 come from, and go back to, the heap. The cost is that memory freed at a peak stays with the
 process. Set SSMTTM_KEEP_MALLOC=1 to leave the allocator alone.
+
+It is opt-in, since it changes the whole process: `import ssmttm` leaves the allocator alone, and
+the CLI, `TextToMusic.from_pretrained` and training call `ssmttm.tune_allocator()`; so should a
+script that runs long forwards of its own.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ssmttm import __version__
+from ssmttm._allocator import tune_allocator
 from ssmttm.backbones import mixer_spec
 from ssmttm.codecs.command import add_codec_commands, codec_names
 from ssmttm.conditioning import Conditioning
@@ -230,6 +231,7 @@ def _main(argv: list[str] | None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tune_allocator()  # opted in here: a command owns its process, and `import ssmttm` changes nothing of it
     try:
         args.run(args)
     except (ConfigError, ValueError, FileNotFoundError) as err:

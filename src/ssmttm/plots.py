@@ -1,4 +1,5 @@
-"""Figures written with matplotlib's file backend (no display needed), atomically."""
+"""Figures written to files, atomically, without a display: matplotlib's object API, so drawing one
+changes no process-wide state (pyplot's backend, its open figures) of a notebook or app around it."""
 
 from __future__ import annotations
 
@@ -13,14 +14,10 @@ def save_spectrograms(path: str | Path, panels: list[tuple[str, np.ndarray, int]
     """One log-mel spectrogram per (title, wav (N,), sample rate), stacked, on a shared dB scale."""
     import librosa
     import librosa.display
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state to touch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        len(panels), 1, figsize=(10, 2.6 * len(panels)), sharex=True, squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(10, 2.6 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     mels = [librosa.feature.melspectrogram(y=wav, sr=rate, n_mels=128, fmax=fmax) for _, wav, rate in panels]
     top = max(float(m.max()) for m in mels) or 1.0
     for ax, (title, _, rate), mel in zip(axes[:, 0], panels, mels, strict=True):
@@ -31,4 +28,3 @@ def save_spectrograms(path: str | Path, panels: list[tuple[str, np.ndarray, int]
     axes[-1, 0].set_xlabel("time (s)")
     fig.colorbar(image, ax=axes[:, 0].tolist(), format="%+2.0f dB")
     atomic_write(Path(path), lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=110))
-    plt.close(fig)

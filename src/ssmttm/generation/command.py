@@ -123,26 +123,6 @@ def _check_clip(path: str, wav: np.ndarray, rate: int, duration: float) -> None:
     )
 
 
-def choose_device(name: str) -> str:
-    """--device as a torch device string; a ValueError (one line) when it names none this machine has."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: this machine's torch {torch.__version__} sees no CUDA device")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
-    return str(device)
-
-
 def output_paths(out: Path, count: int) -> list[Path]:
     """out.wav for one prompt; out_0.wav, out_1.wav, ... for several."""
     if count == 1:
@@ -188,11 +168,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, written: _Written) -> None:
-    import torch
 
     from ssmttm.audio import load_audio, partial_path, save_audio
     from ssmttm.generation.pipeline import TextToMusic, check_duration
-    from ssmttm.pretrained import read_config, resolve
+    from ssmttm.generation.record import generation_record
 
     prompts = _prompts(args)
     outs = output_paths(Path(args.out), len(prompts))
@@ -210,15 +189,9 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
     source = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.is_dir():
         raise FileNotFoundError(f"the demo model is not in this install ({DEMO_MODEL}); pass --model DIR")
-    device = choose_device(args.device)
-    precision = torch.bfloat16 if args.precision == "bf16" else None
-    # A Transformer's KV cache is not a recurrent state: with it, bf16 applies to the weights only.
-    recurrent = precision is not None and read_config(resolve(source)).model.backbone.kind != "transformer"
-    model = TextToMusic.from_pretrained(
-        source, device=device, weight_dtype=precision, state_dtype=precision if recurrent else None
-    )
+    model = TextToMusic.from_pretrained(source, device=args.device, precision=args.precision)
     sampling = model.sampling(**settings)  # the model's defaults where a setting was left out
-    if device == "cpu":
+    if model.device == "cpu":
         from ssmttm.ops import cpu_kernels
 
         cpu_kernels.available()  # builds the C++ kernels on first use (30-70 s): not generation time
@@ -236,30 +209,16 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
             save_audio(path, wav[0].numpy(), model.sample_rate)
         written.files.append(path)
         elapsed = time.perf_counter() - start
-        sidecar = {
-            "prompt": prompt,
-            "seed": seed,
-            "duration_s": args.duration,
-            "sampling": {
-                "cfg_scale": sampling.cfg_scale,
-                "temperature": sampling.temperature,
-                "top_k": sampling.top_k,
-                "top_p": sampling.top_p,
-            },
-            "model": source,
-            "codec": model.config.codec,
-            "text_encoder": model.config.text_encoder,
-            "text_padding": model.config.text_padding,
-            "continue_from": args.continue_from,
-            "sample_rate": model.sample_rate,
-            "generation_s": round(elapsed, 3),
-            "device": device,
-            "precision": args.precision,
-            "weight_dtype": _dtype_name(model.generator.weight_dtype),
-            "state_dtype": _dtype_name(model.generator.state_dtype or torch.float32),
-            "torch_threads": torch.get_num_threads(),
-        }
-        write_json(path.with_name(path.name + ".json"), sidecar)
+        record = generation_record(
+            model,
+            prompt=prompt,
+            seed=seed,
+            duration=args.duration,
+            sampling=sampling,
+            elapsed=elapsed,
+            continue_from=args.continue_from,
+        )
+        write_json(path.with_name(path.name + ".json"), record)
         print(f"{path}: {args.duration:g} s generated in {elapsed:.1f} s ({args.duration / elapsed:.2f}x real time)")
     if args.spectrogram:
         from ssmttm.plots import save_spectrograms
@@ -280,10 +239,6 @@ def _announce(path: Path, duration: float, stream: bool) -> None:
         print(f"writing {partial_path(path)} (playable while it grows; renamed to {path} when done)")
     else:
         print(f"writing {partial_path(path)} (a WAV, playable while it grows; {path} when done)")
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _mono(path: Path):

@@ -24,16 +24,20 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from ssmttm._allocator import tune_allocator
 from ssmttm.audio import GrowingWav, audio_format, partial_path
 from ssmttm.beat_clock import no_clock, tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
 from ssmttm.conditioning import Conditioning
 from ssmttm.files import replace_durably, staging_path
 from ssmttm.generation.generator import Generator
+from ssmttm.generation.precision import Precision, resolve_device
+from ssmttm.generation.renderer import CodecRenderer, Renderer
 from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.lm import MusicLM
+from ssmttm.ops.linear import cast_linear_weights
 from ssmttm.patterns import StreamingRevert
-from ssmttm.pretrained import PretrainedConfig, load_pretrained, save_pretrained
+from ssmttm.pretrained import PretrainedConfig, load_pretrained, read_config, resolve, save_pretrained
 from ssmttm.text import TextEncoder, load_text_encoder
 from ssmttm.text.stated_tempo import stated_bpm
 
@@ -58,41 +62,52 @@ class TextToMusic:
         codec: Codec,
         text_encoder: TextEncoder,
         config: PretrainedConfig,
-        weight_dtype: torch.dtype | None = None,
+        *,
+        renderer: Renderer | None = None,
+        precision: Precision | None = None,
         max_duration: float = MAX_DURATION_S,
-        state_dtype: torch.dtype | None = None,
     ) -> None:
-        """weight_dtype and state_dtype: see `Generator` (bf16 Linear weights, a bf16 SSM state)."""
-        if codec.num_codebooks != lm.cfg.num_codebooks or codec.cardinality != lm.cfg.cardinality:
-            raise GenerationError(
-                f"codec {codec.name} gives {codec.num_codebooks} x {codec.cardinality} codes; the model reads "
-                f"{lm.cfg.num_codebooks} x {lm.cfg.cardinality}"
-            )
-        if text_encoder.dim != lm.cfg.text_dim:
-            raise GenerationError(
-                f"text encoder gives {text_encoder.dim}-d embeddings; the model reads {lm.cfg.text_dim}"
-            )
-        if text_encoder.padding == "release" and lm.cfg.text_mask != "ignore":
-            raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")
-        self.lm, self.codec, self.text_encoder, self.config = lm.eval(), codec, text_encoder, config
-        self.generator = Generator(lm, weight_dtype=weight_dtype, state_dtype=state_dtype)
+        """The codec turns continued audio into the LM's codes; the renderer turns codes into audio
+        (by default the codec's decoder, `CodecRenderer`) and reads the first `renderer.codebooks`
+        of the LM's codebooks.
+
+        The pipeline owns `lm`: a reduced `precision` casts its weights in place rather than keep
+        an fp32 copy beside the one it decodes with (`Generator` says what each dtype does). None
+        is fp32 throughout."""
+        renderer = CodecRenderer(codec) if renderer is None else renderer
+        precision = Precision() if precision is None else precision
+        _check_parts(lm, codec, renderer, text_encoder)
+        if precision.weight_dtype != torch.float32:
+            cast_linear_weights(lm, precision.weight_dtype)
+        self.lm, self.codec, self.renderer = lm.eval(), codec, renderer
+        self.text_encoder, self.config, self.precision = text_encoder, config, precision
+        self.generator = Generator(lm, state_dtype=precision.state_dtype)
         self.max_duration = max_duration
+        self.source = config.source  # what it was loaded from: `from_pretrained` names the folder or hub id
 
     @classmethod
     def from_pretrained(
-        cls,
-        source: str | Path,
-        device: str = "cpu",
-        weight_dtype: torch.dtype | None = None,
-        state_dtype: torch.dtype | None = None,
+        cls, source: str | Path, device: str = "cpu", precision: str | Precision = "fp32"
     ) -> TextToMusic:
         """An exported model (folder or hub id) with the codec and text encoder its config names.
-        `device` is the LM's and the text encoder's; the codec goes there too unless it is a
-        CPU-only one (`codecs.codec_device`). Audio always comes back on the CPU."""
-        lm, config = load_pretrained(source, device=device, dtype=torch.float32)
+
+        `device`: "cpu", "cuda", "cuda:N" or "auto"; it is the LM's and the text encoder's, and the
+        codec's too unless it is a CPU-only one (`codecs.codec_device`). Audio always comes back on
+        the CPU. `precision`: "fp32", "bf16" (`Precision.named`), or a `Precision`.
+
+        Loading tunes glibc's allocator for the process (ssmttm._allocator: a long forward was
+        1.7x slower without it); set SSMTTM_KEEP_MALLOC=1 to keep yours."""
+        tune_allocator()
+        device = resolve_device(device)
+        directory = resolve(source)
+        kind = read_config(directory).model.backbone.kind
+        precision = Precision.named(precision, kind) if isinstance(precision, str) else precision
+        lm, config = load_pretrained(directory, device=device, dtype=torch.float32)
         codec = load_codec(config.codec, lm.cfg.num_codebooks, device=codec_device(config.codec, device))
         text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
-        return cls(lm, codec, text_encoder, config, weight_dtype, state_dtype=state_dtype)
+        model = cls(lm, codec, text_encoder, config, precision=precision)
+        model.source = str(source)
+        return model
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(
@@ -107,12 +122,17 @@ class TextToMusic:
         )
 
     @property
+    def device(self) -> str:
+        """Where the LM decodes ("cpu", "cuda:0")."""
+        return str(next(self.lm.parameters()).device)
+
+    @property
     def sample_rate(self) -> int:
-        return self.codec.sample_rate
+        return self.renderer.sample_rate
 
     @property
     def frame_rate(self) -> float:
-        return self.codec.frame_rate
+        return self.renderer.frame_rate
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -208,7 +228,8 @@ class TextToMusic:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
         (seed, continuation, continuation_rate, progress, cfg_scale, temperature, top_k, top_p)."""
         codes = self.generate_codes(prompts, duration, **kwargs)
-        return self.codec.decode(codes)[..., : round(duration * self.sample_rate)].cpu()
+        wav = self.renderer.render(codes[:, : self.renderer.codebooks])  # (B, 1, N)
+        return wav[..., : round(duration * self.sample_rate)].cpu()
 
     def stream(
         self,
@@ -232,7 +253,8 @@ class TextToMusic:
         codes = self._continuation(continuation, continuation_rate, cond.batch, duration, frames)
         chunk = max(1, round(chunk_seconds * self.frame_rate))
         revert = StreamingRevert(self.lm.pattern)
-        decoder = self.codec.stream_decoder()
+        decoder = self.renderer.stream()
+        codebooks = self.renderer.codebooks
         pending: list[Tensor] = []
         remaining = round(duration * self.sample_rate)
         columns = self.generator.columns(
@@ -241,7 +263,7 @@ class TextToMusic:
         for column in columns:
             frame = revert.push(column)
             if frame.shape[-1]:
-                pending.append(frame)
+                pending.append(frame[:, :codebooks])
             if len(pending) == chunk:
                 audio = decoder.push(torch.cat(pending, dim=-1))[..., :remaining]
                 pending, remaining = [], remaining - audio.shape[-1]
@@ -303,3 +325,26 @@ def _encoder(path: Path | None, fmt: str, sample_rate: int) -> Iterator[sf.Sound
         return
     with sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format=fmt) as out:
         yield out
+
+
+def _check_parts(lm: MusicLM, codec: Codec, renderer: Renderer, text_encoder: TextEncoder) -> None:
+    """A GenerationError naming the first part that does not fit the LM."""
+    cfg = lm.cfg
+    if codec.cardinality != cfg.cardinality or codec.num_codebooks < cfg.num_codebooks:
+        raise GenerationError(
+            f"codec {codec.name} gives {codec.num_codebooks} x {codec.cardinality} codes; the model reads "
+            f"{cfg.num_codebooks} x {cfg.cardinality}"
+        )
+    if renderer.codebooks > cfg.num_codebooks or renderer.cardinality != cfg.cardinality:
+        raise GenerationError(
+            f"{renderer.name} renders {renderer.codebooks} x {renderer.cardinality} codes; the model predicts "
+            f"{cfg.num_codebooks} x {cfg.cardinality}"
+        )
+    if renderer.frame_rate != codec.frame_rate:
+        raise GenerationError(
+            f"{renderer.name} reads {renderer.frame_rate:g} frames/s; codec {codec.name} makes {codec.frame_rate:g}"
+        )
+    if text_encoder.dim != cfg.text_dim:
+        raise GenerationError(f"text encoder gives {text_encoder.dim}-d embeddings; the model reads {cfg.text_dim}")
+    if text_encoder.padding == "release" and cfg.text_mask != "ignore":
+        raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")

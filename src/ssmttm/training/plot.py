@@ -69,12 +69,10 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
     # Folders that share a name (runs/a/last, runs/b/last) are told apart by their whole path.
     labels = labels or [run_label(run, str(run) if names.count(run.name) > 1 else None) for run in runs]
 
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state to touch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_step, by_flops) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    by_step, by_flops = fig.subplots(1, 2, sharey=True)
     for curve, label in zip(curves, labels, strict=True):
         marker = "o" if len(curve) < 30 else None
         line = by_step.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=marker, label=label)[0]
@@ -90,7 +88,6 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
     by_step.legend(fontsize="small")
     out = Path(out)
     atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=120))
-    plt.close(fig)
     return out
 
 

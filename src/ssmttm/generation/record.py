@@ -1,0 +1,51 @@
+"""What made a generated file: the record `ssmttm generate` writes beside it as JSON, built here so
+that every front end writes the same one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ssmttm.config import SamplingConfig
+from ssmttm.generation.precision import dtype_name
+
+if TYPE_CHECKING:
+    from ssmttm.generation.pipeline import TextToMusic
+
+
+def generation_record(
+    model: TextToMusic,
+    *,
+    prompt: str,
+    seed: int | None,
+    duration: float,
+    sampling: SamplingConfig,
+    elapsed: float,
+    continue_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """The prompt, the settings, the model's parts and what it decoded in, and the time it took."""
+    return {
+        "prompt": prompt,
+        "seed": seed,
+        "duration_s": duration,
+        "sampling": {
+            "cfg_scale": sampling.cfg_scale,
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "top_p": sampling.top_p,
+        },
+        "model": model.source,
+        "codec": model.config.codec,
+        "text_encoder": model.config.text_encoder,
+        "text_padding": model.config.text_padding,
+        "continue_from": None if continue_from is None else str(continue_from),
+        "sample_rate": model.sample_rate,
+        "generation_s": round(elapsed, 3),
+        "device": model.device,
+        "precision": model.precision.name,
+        "weight_dtype": dtype_name(model.generator.weight_dtype),
+        "state_dtype": dtype_name(model.generator.state_dtype or torch.float32),
+        "torch_threads": torch.get_num_threads(),
+    }
