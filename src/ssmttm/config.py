@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ssmttm.files import write_text
+
 T = TypeVar("T")
 
 
@@ -153,7 +155,4 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
 
 def save_yaml(config: Any, path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written config."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
