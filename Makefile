@@ -25,7 +25,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports --no-cache
+	$(BIN)/lint-imports --no-cache --no-logo
 
 # test: what to run while working (minutes-long tests, marked slow, left out); test-all: everything, as CI does.
 test: lint
