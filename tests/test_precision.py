@@ -14,9 +14,9 @@ import json
 import pytest
 import torch
 
+from ssmttm import DEMO_MODEL
 from ssmttm.cli import main
 from ssmttm.generation import generator as generator_module
-from ssmttm.generation.command import DEMO_MODEL
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.generation.precision import Precision
 from ssmttm.ops import cpu_kernels

@@ -1,10 +1,15 @@
 """ssmttm: text-to-music generation with state-space language models."""
 
+from pathlib import Path
+
 from ssmttm._allocator import tune_allocator
 
 __version__ = "0.1.0"
 
-__all__ = ["TextToMusic", "__version__", "tune_allocator"]
+# The model shipped inside the package, which `ssmttm generate` and `make demo` use by default.
+DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo"
+
+__all__ = ["DEMO_MODEL", "TextToMusic", "__version__", "tune_allocator"]
 
 
 def __getattr__(name: str):

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ssmttm import DEMO_MODEL
 from ssmttm.files import read_json, write_json
 
 if TYPE_CHECKING:
     import numpy as np
-
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo"
 
 
 def add_generate_command(commands: argparse._SubParsersAction) -> None:
