@@ -79,7 +79,8 @@ def _lint(tmp_path: Path, imports: dict[str, str]) -> subprocess.CompletedProces
         lines += [f"{key} = {json.dumps(_renamed(value))}" for key, value in contract.items()]
     config = tmp_path / "contracts.toml"
     config.write_text("\n".join(lines) + "\n")
-    command = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache", "--no-logo", str(config)]
+    lint_imports = str(Path(sys.executable).parent / "lint-imports")
+    command = [lint_imports, "--no-cache", "--no-logo", "--config", str(config)]  # 2.14 takes no positional file
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
 
 
