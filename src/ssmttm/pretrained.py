@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssmttm.config import ConfigError, SamplingConfig, from_dict, to_dict
 from ssmttm.files import atomic_write, read_text, write_json
@@ -89,24 +88,41 @@ def save_pretrained(
 
 
 def load_pretrained(
-    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    linear_dtype: torch.dtype | None = None,
 ) -> tuple[MusicLM, PretrainedConfig]:
     """The model (in eval mode) and its config from a folder `save_pretrained` wrote, or a hub id "owner/name".
 
-    dtype None keeps the dtype the weights were saved in. With HF_HUB_OFFLINE=1 a hub id that is
-    not in the Hugging Face cache fails at once, saying how to bring the model here.
+    dtype: of every floating-point tensor; None keeps the dtype the weights were saved in.
+    linear_dtype: of the Linear layers' tensors instead (`ops.linear.cast_linear_weights`'s
+    layout, for bf16 decoding). Each tensor is cast as it is read, so a reduced precision never
+    holds the whole model in fp32 first. With HF_HUB_OFFLINE=1 a hub id that is not in the
+    Hugging Face cache fails at once, saying how to bring the model here.
     """
     directory = resolve(source)
     _check_folder(directory)
     config = read_config(directory)
-    state = _read_weights(directory / WEIGHTS)
     # No random init: every tensor comes from the file. (A non-persistent buffer would stay on the
     # meta device; the round-trip tests of every backbone would catch one.)
     with torch.device("meta"):
         model = MusicLM(config.model)
+    linear = {
+        f"{name}.{key}" if name else key
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        for key, _ in module.named_parameters(recurse=False)
+    }
+
+    def cast(key: str, tensor: Tensor) -> Tensor:
+        target = linear_dtype if linear_dtype is not None and key in linear else dtype
+        return tensor.to(target) if target is not None and tensor.is_floating_point() else tensor
+
+    state = _read_weights(directory / WEIGHTS, cast)
     _check_state(model.state_dict(), state, directory / WEIGHTS)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval(), config
+    return model.to(device=device).eval(), config
 
 
 def load_weights(source: str | Path) -> dict[str, Tensor]:
@@ -210,9 +226,11 @@ def _plain_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return tensors
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
+def _read_weights(path: Path, cast: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The file's tensors, each passed through `cast` as soon as it is read."""
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as f:
+            return {key: f.get_tensor(key) if cast is None else cast(key, f.get_tensor(key)) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise PretrainedError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
 

@@ -102,7 +102,7 @@ class TextToMusic:
         directory = resolve(source)
         kind = read_config(directory).model.backbone.kind
         precision = Precision.named(precision, kind) if isinstance(precision, str) else precision
-        lm, config = load_pretrained(directory, device=device, dtype=torch.float32)
+        lm, config = load_pretrained(directory, device=device, dtype=torch.float32, linear_dtype=precision.weight_dtype)
         codec = load_codec(config.codec, lm.cfg.num_codebooks, device=codec_device(config.codec, device))
         text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
         model = cls(lm, codec, text_encoder, config, precision=precision)
