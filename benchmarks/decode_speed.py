@@ -53,7 +53,7 @@ from speed_common import (
     worker,
 )
 
-from ssmttm.backbones.blocks import Block
+from ssmttm.backbones.mamba2 import Mamba2BlockKernel
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.ops.linear import cast_linear_weights, linear
@@ -79,7 +79,7 @@ def run_steps(
     `block_kernel=False` runs SiMBA blocks op by op (each op's own kernel still runs), as before
     `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own."""
     if not block_kernel:
-        Block._fused_step_applies = lambda *_: False
+        Mamba2BlockKernel.applies = lambda *_: False
     lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
     start = time.perf_counter()
     _, state = lm.prefill(Conditioning(text))

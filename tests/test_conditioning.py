@@ -42,7 +42,8 @@ def test_given_unconditional_rows_are_used_as_they_are():
     [
         (lambda t: Conditioning(t, torch.ones(2, 5, dtype=torch.bool)), r"a text mask \(2, 5\) for text \(2, 3, 6\)"),
         (lambda t: Conditioning(t, clock=torch.zeros(3, 2)), r"a beat clock \(3, 2\) for 2 rows"),
-        (lambda t: Conditioning(t, prompts=3), "3 prompt rows of 2"),
+        (lambda t: Conditioning(t, prompts=3), "3 prompts in 2 rows: each prompt has one unconditional twin or none"),
+        (lambda t: Conditioning(torch.cat([t, t[:1]]), prompts=2), "2 prompts in 3 rows"),
     ],
 )
 def test_mismatched_rows_are_refused(make, message):

@@ -50,6 +50,10 @@ def test_unknown_precisions_and_devices_are_one_line_errors():
     with pytest.raises(ValueError, match="device gpu7: not a device name"):
         resolve_device("gpu7")
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="a transformer keeps its decoding state in float32, not bfloat16"):
+        Precision(state_dtype=torch.bfloat16).check("transformer")
+    with pytest.raises(ValueError, match="a simba decodes with float32 or bfloat16 weights, not float16"):
+        Precision(weight_dtype=torch.float16).check("simba")
 
 
 def test_bf16_keeps_no_fp32_copy_of_the_weights(model_dir):

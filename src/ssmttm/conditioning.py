@@ -41,8 +41,8 @@ class Conditioning:
             raise ValueError(f"a text mask {tuple(self.mask.shape)} for text {tuple(self.text.shape)}")
         if self.clock is not None and self.clock.shape != (rows, 2):
             raise ValueError(f"a beat clock {tuple(self.clock.shape)} for {rows} rows; it must be ({rows}, 2)")
-        if self.prompts is not None and not 0 < self.prompts <= rows:
-            raise ValueError(f"{self.prompts} prompt rows of {rows}")
+        if self.prompts is not None and rows not in (self.prompts, 2 * self.prompts):
+            raise ValueError(f"{self.prompts} prompts in {rows} rows: each prompt has one unconditional twin or none")
 
     @property
     def rows(self) -> int:

@@ -46,6 +46,10 @@ class Generator:
 
         On the CPU, steps use the C++ kernels of ops/cpu_kernels.py wherever they build.
         """
+        weights = mixer_spec(lm.cfg.backbone.kind).weight_dtypes
+        if weight_dtype is not None and weight_dtype not in weights:
+            choices = " or ".join(map(str, weights))
+            raise ValueError(f"a {lm.cfg.backbone.kind} decodes with {choices} weights, not {weight_dtype}")
         if weight_dtype is not None and weight_dtype != torch.float32:
             lm = cast_linear_weights(copy.deepcopy(lm), weight_dtype)
         if state_dtype == torch.float32:

@@ -1,4 +1,4 @@
-"""Text in, music out: `TextToMusic` ties an exported LM to its codec and text encoder.
+"""Text in, music out: `TextToMusic` ties an exported LM to its codec, renderer and text encoder.
 
     model = TextToMusic.from_pretrained("models/demo")          # a folder or a hub id
     wavs = model.generate(["calm piano with soft strings"], duration=10.0, seed=0)   # (B, 1, N)
@@ -6,8 +6,9 @@
     model.generate_to_file("slow ambient", "long.flac", duration=600.0)  # memory flat in duration
 
 Settings left out come from the model's saved generation defaults (ssmttm.pretrained). Long
-generation carries the SSM state and decodes audio chunk by chunk through the codec's streaming
-decoder, so nothing grows with the duration except the output file.
+generation carries the SSM state and renders audio chunk by chunk through the renderer's stream
+(renderer.py; by default the codec's streaming decoder), so nothing grows with the duration except
+the output file.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class TextToMusic:
         renderer = CodecRenderer(codec) if renderer is None else renderer
         precision = Precision() if precision is None else precision
         _check_parts(lm, codec, renderer, text_encoder)
+        try:
+            precision.check(lm.cfg.backbone.kind)
+        except ValueError as err:
+            raise GenerationError(str(err)) from None
         if precision.weight_dtype != torch.float32:
             cast_linear_weights(lm, precision.weight_dtype)
         self.lm, self.codec, self.renderer = lm.eval(), codec, renderer
@@ -244,8 +249,8 @@ class TextToMusic:
     ) -> Iterator[Tensor]:
         """Audio chunks (B, 1, n) as they are generated; joined, they equal `generate` (same seed).
 
-        Frames go to the codec's streaming decoder every `chunk_seconds`; only the decoder's context
-        and the pattern's staircase are held, so memory does not grow with the duration.
+        Frames go to the renderer's stream every `chunk_seconds`; only its context and the
+        pattern's staircase are held, so memory does not grow with the duration.
         """
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)

@@ -40,6 +40,16 @@ class Precision:
         state = torch.bfloat16 if torch.bfloat16 in spec.state_dtypes else torch.float32
         return cls(torch.bfloat16, state)
 
+    def check(self, kind: str) -> None:
+        """A ValueError unless a backbone of `kind` decodes with these dtypes (its registry entry)."""
+        spec = mixer_spec(kind)
+        if self.weight_dtype not in spec.weight_dtypes:
+            choices = " or ".join(dtype_name(d) for d in spec.weight_dtypes)
+            raise ValueError(f"a {kind} decodes with {choices} weights, not {dtype_name(self.weight_dtype)}")
+        if self.state_dtype not in spec.state_dtypes:
+            choices = " or ".join(dtype_name(d) for d in spec.state_dtypes)
+            raise ValueError(f"a {kind} keeps its decoding state in {choices}, not {dtype_name(self.state_dtype)}")
+
 
 def resolve_device(name: str) -> str:
     """A device name as torch spells it: "cpu", "cuda", "cuda:N", or "auto" (cuda where torch sees
