@@ -1,0 +1,1 @@
+"""Evaluation: embeddings, taggers and the field's metrics."""
