@@ -1,0 +1,148 @@
+"""The TF1 checkpoint reader and the PyTorch musicnn, on the weights of the installed musicnn package."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssmttm.eval import musicnn
+from ssmttm.eval.musicnn import PATCH_FRAMES, MusicnnNotInstalled, MusicnnTagger, log_mel, patches, weights_prefix
+from ssmttm.eval.tf_checkpoint import CheckpointError, read_checkpoint, read_index
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def mtt() -> dict[str, np.ndarray]:
+    return read_checkpoint(f"{weights_prefix('MTT_musicnn')}/")
+
+
+@pytest.fixture(scope="module")
+def tagger() -> MusicnnTagger:
+    return MusicnnTagger.load("MTT_musicnn")
+
+
+def _tone(seconds: float = 10.0, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _noise(seconds: float = 10.0) -> np.ndarray:
+    return (0.3 * np.random.default_rng(0).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def test_reader_finds_musicnns_variables(mtt):
+    expected = {
+        "batch_normalization/moving_variance": (1,),
+        "conv2d/kernel": (7, 38, 1, 204),
+        "conv2d_1/kernel": (7, 67, 1, 204),
+        "conv2d_2/kernel": (128, 1, 1, 51),
+        "conv2d_4/kernel": (32, 1, 1, 51),
+        "conv2d_5/kernel": (7, 561, 1, 64),
+        "conv2d_7/bias": (64,),
+        "batch_normalization_9/gamma": (1506,),
+        "dense/kernel": (1506, 200),
+        "dense_1/kernel": (200, 50),
+        "beta1_power": (),
+    }
+    assert {name: mtt[name].shape for name in expected} == expected
+    # 11 batch norms x 4, 8 convs x 2, 2 dense x 2, each weight with its two Adam slots, and Adam's two powers.
+    assert len(mtt) == 3 * (11 * 2 + 8 * 2 + 2 * 2) + 11 * 2 + 2
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in mtt.values())
+    for i in range(11):
+        prefix = "batch_normalization" + (f"_{i}" if i else "")
+        assert (mtt[f"{prefix}/moving_variance"] > 0).all()
+    assert mtt["dense/kernel"].std() > 1e-3  # real weights, not zeros
+
+
+def test_reader_index_entries_tile_the_data_file():
+    prefix = weights_prefix("MTT_musicnn")
+    entries = sorted(read_index(f"{prefix}/.index").values(), key=lambda e: e.offset)
+    assert entries[0].offset == 0
+    assert all(a.offset + a.size == b.offset for a, b in itertools.pairwise(entries))
+    assert entries[-1].offset + entries[-1].size == Path(f"{prefix}/.data-00000-of-00001").stat().st_size
+
+
+def test_reader_errors_on_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "nothing")
+    src = weights_prefix("MTT_musicnn")
+    shutil.copy(f"{src}/.index", tmp_path / "ckpt.index")
+    with pytest.raises(CheckpointError, match="data file not found"):
+        read_checkpoint(tmp_path / "ckpt")
+    data = Path(f"{src}/.data-00000-of-00001").read_bytes()
+    (tmp_path / "ckpt.data-00000-of-00001").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(tmp_path / "ckpt")
+    index = (tmp_path / "ckpt.index").read_bytes()
+    (tmp_path / "ckpt.index").write_bytes(index[:-1])
+    with pytest.raises(CheckpointError, match="magic"):
+        read_checkpoint(tmp_path / "ckpt")
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_tags_are_musicnns():
+    from musicnn import configuration  # plain lists, no tensorflow
+
+    assert list(musicnn.MTT_TAGS) == configuration.MTT_LABELS
+    assert list(musicnn.MSD_TAGS) == configuration.MSD_LABELS
+
+
+def test_missing_musicnn_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MusicnnNotInstalled, match="pip install --no-deps musicnn"):
+        MusicnnTagger.load()
+
+
+def test_patches_follow_batch_data():
+    spec = np.arange(626 * 96, dtype=np.float32).reshape(626, 96)  # 10 s at hop 256
+    windows = patches(spec)
+    assert windows.shape == (3, PATCH_FRAMES, 96)  # starts 0, 187, 374; the partial fourth is dropped
+    np.testing.assert_array_equal(windows[1], spec[187:374])
+    assert patches(spec, hop=61).shape == (8, PATCH_FRAMES, 96)
+    with pytest.raises(ValueError, match="at least 3 s"):
+        patches(spec[:186])
+
+
+def test_front_end_stays_finite_where_float16_overflows():
+    loud = _tone(3.5, freq=1000.0, amp=0.99)
+    mel = log_mel(loud)
+    assert mel.dtype == np.float32 and mel.shape == (1 + len(loud) // 256, 96)
+    assert np.isfinite(mel).all()
+    assert mel.max() > np.log10(np.finfo(np.float16).max)  # musicnn's float16 cast would have made this inf
+
+
+def test_taggram_and_embeddings_on_ten_seconds(tagger):
+    tone, noise = _tone(), _noise()
+    probs = tagger.taggram(tone)
+    assert probs.shape == (3, 50) and len(tagger.tags) == 50
+    assert ((probs >= 0) & (probs <= 1)).all()
+    emb = tagger.embeddings(tone)
+    assert emb.shape == (3, 200) and np.isfinite(emb).all()
+    assert tagger.embeddings(_tone(20.0)).shape == (6, 200)
+    noisy = tagger.taggram(noise)
+    assert np.abs(probs.mean(0) - noisy.mean(0)).max() > 0.1
+    assert not np.allclose(emb, tagger.embeddings(noise), atol=1e-2)
+    assert tagger.taggram(tone, hop_seconds=1.0).shape == (8, 50)
+
+
+def test_windows_are_independent_of_the_batch(tagger):
+    x = torch.from_numpy(patches(log_mel(_noise())))  # (3, 187, 96)
+    with torch.no_grad():
+        together = tagger.net(x).logits
+        alone = torch.cat([tagger.net(x[i : i + 1]).logits for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_msd_model_loads_and_differs():
+    msd = MusicnnTagger.load("MSD_musicnn")
+    assert msd.tags[0] == "rock"
+    assert msd.taggram(_noise()).shape == (3, 50)
+    with pytest.raises(ValueError, match="unknown musicnn model"):
+        MusicnnTagger.load("MTT_vgg")
