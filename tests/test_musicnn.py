@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssmttm.eval import musicnn
 from ssmttm.eval.musicnn import PATCH_FRAMES, MusicnnNotInstalled, MusicnnTagger, log_mel, patches, weights_prefix
@@ -146,3 +147,49 @@ def test_msd_model_loads_and_differs():
     assert msd.taggram(_noise()).shape == (3, 50)
     with pytest.raises(ValueError, match="unknown musicnn model"):
         MusicnnTagger.load("MTT_vgg")
+
+
+def _tf_graph(w: dict[str, np.ndarray], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """models.py's build_musicnn transcribed literally, in TF's NHWC layout: (B, 187, 96) -> (logits, penultimate)."""
+    t = {k: torch.from_numpy(v) for k, v in w.items()}
+
+    def bn(h: torch.Tensor, i: int) -> torch.Tensor:  # over the last axis, as tf.layers.batch_normalization
+        p = "batch_normalization" + (f"_{i}" if i else "")
+        mean, var, gamma, beta = (t[f"{p}/{f}"] for f in ("moving_mean", "moving_variance", "gamma", "beta"))
+        return (h - mean) / torch.sqrt(var + 1e-3) * gamma + beta
+
+    def conv(h: torch.Tensor, i: int, same: bool = False) -> torch.Tensor:  # NHWC, ReLU, valid or TF's same
+        p = "conv2d" + (f"_{i}" if i else "")
+        kernel = t[f"{p}/kernel"]
+        if same:
+            kh, kw = kernel.shape[:2]
+            h = F.pad(h, (0, 0, (kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2))
+        out = F.conv2d(h.permute(0, 3, 1, 2), kernel.permute(3, 2, 0, 1), t[f"{p}/bias"])
+        return F.relu(out.permute(0, 2, 3, 1))
+
+    def pad_time(h: torch.Tensor) -> torch.Tensor:
+        return F.pad(h, (0, 0, 0, 0, 3, 3))
+
+    def block(h: torch.Tensor, i: int, same: bool) -> torch.Tensor:
+        return bn(conv(h, i, same), i + 1).amax(dim=2)  # max-pool over the whole frequency axis, squeezed
+
+    x = bn(x[..., None], 0)  # (B, T, 96, 1)
+    front = torch.cat(
+        [block(pad_time(x), 0, False), block(pad_time(x), 1, False)] + [block(x, i, True) for i in (2, 3, 4)], dim=2
+    )[..., None]  # (B, T, 561, 1)
+    c1 = bn(conv(pad_time(front), 5), 6).permute(0, 1, 3, 2)  # (B, T, 64, 1)
+    r2 = bn(conv(pad_time(c1), 6), 7).permute(0, 1, 3, 2) + c1
+    r3 = bn(conv(pad_time(r2), 7), 8).permute(0, 1, 3, 2) + r2
+    h = torch.cat([front, c1, r2, r3], dim=2)  # (B, T, 753, 1)
+    pooled = torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=2).reshape(len(h), -1)  # (B, 1506)
+    pen = bn(F.relu(bn(pooled, 9) @ t["dense/kernel"] + t["dense/bias"]), 10)
+    return pen @ t["dense_1/kernel"] + t["dense_1/bias"], pen
+
+
+def test_network_matches_a_literal_transcription_of_the_tf_graph(mtt, tagger):
+    x = torch.from_numpy(patches(log_mel(np.concatenate([_tone(5.0), _noise(5.0)]))))  # (3, 187, 96)
+    logits, pen = _tf_graph(mtt, x)
+    with torch.no_grad():
+        out = tagger.net(x)
+    torch.testing.assert_close(out.penultimate, pen, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.logits, logits, atol=1e-4, rtol=1e-4)
