@@ -17,6 +17,7 @@ from ssmttm.codecs.command import add_codec_commands, codec_names
 from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError
 from ssmttm.data.synth.command import add_synth_command
+from ssmttm.eval.command import add_evaluate_command
 from ssmttm.generation.command import add_generate_command
 from ssmttm.lm import count_parameters
 from ssmttm.presets import load_preset, preset_names
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(run=_summary)
     _add_data_commands(commands)
     add_codec_commands(commands)
+    add_evaluate_command(commands)
     add_training_commands(commands)
     add_generate_command(commands)
     add_import_command(commands)
