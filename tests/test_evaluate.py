@@ -127,3 +127,12 @@ def test_musicnn_evaluates_real_audio_offline(sets):
     assert report["settings"]["embedding"].startswith("musicnn-MTT_musicnn")
     assert report["metrics"]["fd_musicnn"] == pytest.approx(0.0, abs=1e-6)
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_prompts_out_writes_the_reference_captions_for_generate(sets, capsys):
+    _, ref, tmp_path = sets
+    prompts = tmp_path / "prompts.txt"
+    assert main(["evaluate", "--reference", str(ref), "--prompts-out", str(prompts)]) == 0
+    assert prompts.read_text().splitlines() == CAPTIONS
+    assert main(["evaluate", "--reference", str(ref)]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err

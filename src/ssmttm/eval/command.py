@@ -8,7 +8,9 @@ from pathlib import Path
 
 def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("evaluate", help="FD and KL of generated clips against a reference set")
-    ev.add_argument("generated", help="folder of generated audio with generate's sidecars, or a CSV of file,prompt")
+    ev.add_argument(
+        "generated", nargs="?", help="folder of generated audio with generate's sidecars, or a CSV of file,prompt"
+    )
     ev.add_argument("--reference", required=True, help="folder of reference audio")
     ev.add_argument("--captions", help="the reference folder's captions file (default: its metadata.jsonl)")
     ev.add_argument("--musiccaps", help="MusicCaps CSV naming the clips of --reference")
@@ -19,6 +21,10 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--cache", help="folder of cached reference statistics (default: ~/.cache/ssmttm)")
     ev.add_argument("--out", help="also write the JSON report here (default: none)")
     ev.add_argument("--per-clip", action="store_true", help="add each pair's KL to the report")
+    ev.add_argument(
+        "--prompts-out",
+        help="write the reference captions here, one a line, for `ssmttm generate --prompts-file` (default: none)",
+    )
     ev.set_defaults(run=_evaluate)
 
 
@@ -27,9 +33,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ssmttm.eval.clips import generated_clips, reference_clips
     from ssmttm.eval.evaluate import evaluate
     from ssmttm.eval.models import load_model
-    from ssmttm.files import write_json
+    from ssmttm.files import write_json, write_text
 
-    generated = generated_clips(Path(args.generated))
     reference, missing = reference_clips(
         Path(args.reference),
         captions=None if args.captions is None else Path(args.captions),
@@ -41,6 +46,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"skipped: {line}")
     if len(missing) > 5:
         print(f"skipped: {len(missing) - 5} more reference clips")
+    if args.prompts_out:
+        prompts = list(dict.fromkeys(" ".join(clip.caption.split()) for clip in reference))  # one line each
+        write_text(Path(args.prompts_out), "".join(f"{p}\n" for p in prompts))
+        print(f"{args.prompts_out}: {len(prompts)} prompts, for `ssmttm generate --prompts-file`")
+    if args.generated is None:
+        if not args.prompts_out:
+            raise ValueError("nothing to evaluate: give the generated clips (or --prompts-out to write prompts)")
+        return
+    generated = generated_clips(Path(args.generated))
     embedding = load_model(args.embedding)
     tagger = embedding if args.tagger == args.embedding else load_model(args.tagger)
     cache = StatsCache(None if args.cache is None else Path(args.cache))
