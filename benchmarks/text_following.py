@@ -39,17 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from ssmttm import tune_allocator
-from ssmttm.audio import load_audio, to_mono
-from ssmttm.codecs.quality import tempo_bpm
-from ssmttm.codecs.spectral.rvq import dequantize
+from ssmttm.audio import load_audio
 from ssmttm.conditioning import Conditioning
 from ssmttm.data.synth import synthesize_corpus
 from ssmttm.data.synth.attributes import HoldOut
+from ssmttm.eval.adherence import LABELS, audio_codes, clip_features, codes_tempo, fit_classifiers
 from ssmttm.generation.pipeline import TextToMusic
 from ssmttm.generation.precision import Precision
 from ssmttm.text.stated_tempo import stated_bpm
@@ -58,13 +54,6 @@ tune_allocator()  # as the CLI does: every figure here was measured with it (ssm
 
 LOSS_CLIPS = 32  # real clips whose loss with and without their caption shows how much text is used
 TEMPO_CLIPS = 80  # real clips on which the beat tracker itself is checked
-
-
-def clip_features(codec, codes: torch.Tensor) -> np.ndarray:
-    """codes (K, T) -> (3 * 89,): per-feature mean, standard deviation and mean absolute change."""
-    feats = dequantize(codes.T, codec.codebooks).numpy()  # (T, 89)
-    change = np.abs(np.diff(feats, axis=0)).mean(axis=0) if len(feats) > 1 else np.zeros(feats.shape[1])
-    return np.concatenate([feats.mean(axis=0), feats.std(axis=0), change])
 
 
 def corpus(
@@ -80,37 +69,20 @@ def corpus(
 
 def encode_clips(model: TextToMusic, records: list[dict], folder: Path) -> list[torch.Tensor]:
     """Each real clip's codec frames (K, T)."""
-    codes = []
-    for r in records:
-        wav, rate = load_audio(folder / r["file"])
-        codes.append(model.codec.encode(torch.from_numpy(to_mono(wav))[None], rate)[0])
-    return codes
+    return [audio_codes(model.codec, *load_audio(folder / r["file"])) for r in records]
 
 
-def fit_classifiers(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]):
+def classifiers_of(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]):
+    """Style and lead classifiers fitted on real clips, and their accuracy on the 20% held back."""
     x = np.stack([clip_features(model.codec, c) for c in codes])
-    split = int(0.8 * len(x))
-    classifiers, sanity = {}, {}
-    for label in ("style", "lead"):
-        y = np.array([r[label] for r in records])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
-        clf.fit(x[:split], y[:split])
-        sanity[label] = float((clf.predict(x[split:]) == y[split:]).mean())
-        clf.fit(x, y)
-        classifiers[label] = clf
-    return classifiers, sanity
-
-
-def decoded_tempo(model: TextToMusic, codes: torch.Tensor) -> float:
-    """codes (K, T) -> the tempo the beat tracker finds in their decoded audio."""
-    return tempo_bpm(model.codec.decode(codes[None])[0, 0].numpy(), model.sample_rate)
+    return fit_classifiers(x, {label: [r[label] for r in records] for label in LABELS})
 
 
 def beat_tracker_error(model: TextToMusic, records: list[dict], codes: list[torch.Tensor]) -> float:
     """Median |tempo found - tempo composed| (BPM) over the first TEMPO_CLIPS real clips, through the
     codec: how far the tempo measure itself can be trusted."""
     errors = [
-        abs(decoded_tempo(model, c) - r["tempo_bpm"])
+        abs(codes_tempo(model.codec, c) - r["tempo_bpm"])
         for r, c in zip(records[:TEMPO_CLIPS], codes[:TEMPO_CLIPS], strict=False)
     ]
     return float(np.median(errors))
@@ -122,7 +94,7 @@ def real_clip_tempo_errors(model: TextToMusic, records: list[dict], folder: Path
     stating = [r for r in records if stated_bpm(r["caption"]) is not None]
     codes = encode_clips(model, stating, folder)
     return [
-        (r["style"], abs(decoded_tempo(model, c) - stated_bpm(r["caption"])))
+        (r["style"], abs(codes_tempo(model.codec, c) - stated_bpm(r["caption"])))
         for r, c in zip(stating, codes, strict=True)
     ]
 
@@ -184,7 +156,7 @@ def score(model: TextToMusic, classifiers, record: dict, caption: str, condition
         "style_pred": str(classifiers["style"].predict(x)[0]),
         "lead_pred": str(classifiers["lead"].predict(x)[0]),
         "stated_bpm": stated_bpm(record["caption"]),
-        "tempo_bpm": decoded_tempo(model, codes[0]),
+        "tempo_bpm": codes_tempo(model.codec, codes[0]),
     }
 
 
@@ -284,7 +256,7 @@ def main() -> int:
     )
     if args.loss_only:
         return 0
-    classifiers, sanity = fit_classifiers(model, real, real_codes)
+    classifiers, sanity = classifiers_of(model, real, real_codes)
     print(
         f"classifier on {len(real)} real clips (seed 11); accuracy on the 20% it was not fitted on: "
         f"style {sanity['style']:.2f}, lead {sanity['lead']:.2f}"
