@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from ssmttm.cli import main
+from ssmttm.eval import evaluate as evaluate_module
 from ssmttm.eval import models
 
 RATE = 8000
@@ -136,3 +137,23 @@ def test_prompts_out_writes_the_reference_captions_for_generate(sets, capsys):
     assert prompts.read_text().splitlines() == CAPTIONS
     assert main(["evaluate", "--reference", str(ref)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_a_synthetic_reference_adds_the_adherence_scores(sets, monkeypatch):
+    """Where the reference carries the corpus's attributes; the metric itself is test_adherence's."""
+    gen, ref, tmp_path = sets
+    records = [json.loads(line) for line in (ref / "metadata.jsonl").read_text().splitlines()]
+    lines = [json.dumps({**r, "style": "funk", "lead": "piano"}) + "\n" for r in records]
+    (ref / "metadata.jsonl").write_text("".join(lines))
+    seen = []
+
+    def fake(generated, reference, progress=False):
+        seen.append((len(generated), len(reference)))
+        return {"style_accuracy": 0.75, "tempo_error_bpm": float("nan"), "paired_clips": 4}
+
+    monkeypatch.setattr(evaluate_module, "synthetic_adherence", fake)
+    report = _run(gen, ref, tmp_path)
+    assert seen == [(4, 4)]
+    assert report["metrics"]["adherence_style_accuracy"] == 0.75
+    assert report["clips"]["adherence_paired_clips"] == 4
+    assert report["skipped"]["adherence_tempo_error_bpm"] == "no generated clip to score"

@@ -4,11 +4,14 @@
   which is cached (cache.py).
 - KL: pairs by caption: each generated clip against the first reference clip whose caption is
   its prompt. Without pairs it is skipped, and the report says why.
+- Synthetic adherence (adherence.py): style, lead and tempo, where the reference clips carry our
+  synthetic corpus's attributes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ssmttm import __version__
 from ssmttm.audio import AudioError, audio_info, load_audio, resample, to_mono
+from ssmttm.eval.adherence import synthetic_adherence
 from ssmttm.eval.cache import StatsCache, content_hash
 from ssmttm.eval.clips import Clip, ClipsError
 from ssmttm.eval.frechet import GaussianStats, frechet_distance
@@ -88,6 +92,8 @@ def evaluate(
         {"embedding": embedding.id, "tagger": tagger.id},
         {"generated": len(generated), "reference": len(reference)},
     )
+    if all("style" in clip.meta and "lead" in clip.meta for clip in reference):  # our synthetic corpus
+        _add_adherence(report, synthetic_adherence(generated, reference, progress=progress))
     pairs = _pairs(generated, reference)
     report.counts["pairs"] = len(pairs)
     if not pairs:
@@ -104,6 +110,18 @@ def evaluate(
                 {"generated": str(g.path), "reference": str(r.path), "prompt": g.caption, "kl": float(value)}
             )
     return report
+
+
+def _add_adherence(report: Report, scores: dict[str, float]) -> None:
+    """The synthetic-adherence scores as metrics (counts as counts); a score with no clip to score
+    is skipped, not written as NaN."""
+    for name, value in scores.items():
+        if name.endswith("_clips"):
+            report.counts[f"adherence_{name}"] = int(value)
+        elif math.isfinite(value):
+            report.metrics[f"adherence_{name}"] = float(value)
+        else:
+            report.skipped[f"adherence_{name}"] = "no generated clip to score"
 
 
 def _stats(model: ClipModel, clips: Sequence[Clip], progress: bool, what: str) -> GaussianStats:
