@@ -157,3 +157,13 @@ def test_a_synthetic_reference_adds_the_adherence_scores(sets, monkeypatch):
     assert report["metrics"]["adherence_style_accuracy"] == 0.75
     assert report["clips"]["adherence_paired_clips"] == 4
     assert report["skipped"]["adherence_tempo_error_bpm"] == "no generated clip to score"
+
+
+def test_clap_scores_each_clip_against_its_prompt(sets, tmp_path_factory):
+    from test_eval_models import _save_clap
+
+    gen, ref, tmp_path = sets
+    clap = _save_clap(tmp_path_factory.mktemp("clap"))
+    report = _run(gen, ref, tmp_path, "--clap", str(clap))
+    assert -1.0 <= report["metrics"]["clap_score"] <= 1.0
+    assert report["settings"]["clap"] == f"clap-{clap.name}"

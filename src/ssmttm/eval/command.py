@@ -18,6 +18,7 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--pattern", default="{ytid}.wav", help="a MusicCaps clip's file name in --reference")
     ev.add_argument("--embedding", default="musicnn", help="the model whose embeddings FD compares")
     ev.add_argument("--tagger", default="musicnn", help="the model whose label distributions KL compares")
+    ev.add_argument("--clap", help="also score each clip against its prompt with this CLAP (a folder or hub id)")
     ev.add_argument("--cache", help="folder of cached reference statistics (default: ~/.cache/ssmttm)")
     ev.add_argument("--out", help="also write the JSON report here (default: none)")
     ev.add_argument("--per-clip", action="store_true", help="add each pair's KL to the report")
@@ -58,7 +59,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     embedding = load_model(args.embedding)
     tagger = embedding if args.tagger == args.embedding else load_model(args.tagger)
     cache = StatsCache(None if args.cache is None else Path(args.cache))
-    report = evaluate(generated, reference, embedding, tagger, cache, per_clip=args.per_clip, progress=True)
+    clap = None
+    if args.clap:
+        from ssmttm.eval.clap import ClapModelAudio
+
+        clap = ClapModelAudio(args.clap)
+    report = evaluate(generated, reference, embedding, tagger, cache, per_clip=args.per_clip, progress=True, clap=clap)
     report.missing = missing
     print(report.markdown())
     if args.out:

@@ -23,6 +23,7 @@ from ssmttm import __version__
 from ssmttm.audio import AudioError, audio_info, load_audio, resample, to_mono
 from ssmttm.eval.adherence import synthetic_adherence
 from ssmttm.eval.cache import StatsCache, content_hash
+from ssmttm.eval.clap import ClapModelAudio, clap_score
 from ssmttm.eval.clips import Clip, ClipsError
 from ssmttm.eval.frechet import GaussianStats, frechet_distance
 from ssmttm.eval.kl import kl_divergence, label_distribution, paired_kl
@@ -66,9 +67,10 @@ def evaluate(
     cache: StatsCache | None = None,
     per_clip: bool = False,
     progress: bool = False,
+    clap: ClapModelAudio | None = None,
 ) -> Report:
-    """FD of `embedding` and, where clips pair up by caption, KL of `tagger` (default: the
-    embedding's model)."""
+    """FD of `embedding`; where clips pair up by caption, KL of `tagger` (default: the embedding's
+    model); with `clap`, the CLAP score of each generated clip against its prompt."""
     for what, clips in (("generated", generated), ("reference", reference)):
         if len(clips) < 2:
             raise ClipsError(f"a covariance needs at least 2 {what} clips, got {len(clips)}")
@@ -92,6 +94,10 @@ def evaluate(
         {"embedding": embedding.id, "tagger": tagger.id},
         {"generated": len(generated), "reference": len(reference)},
     )
+    if clap is not None:
+        wavs = [_mono(clip, clap.sample_rate) for clip in _bar(generated, progress, "CLAP")]
+        metrics["clap_score"], _ = clap_score(clap, [clip.caption for clip in generated], wavs)
+        report.settings["clap"] = clap.id
     if all("style" in clip.meta and "lead" in clip.meta for clip in reference):  # our synthetic corpus
         _add_adherence(report, synthetic_adherence(generated, reference, progress=progress))
     pairs = _pairs(generated, reference)
