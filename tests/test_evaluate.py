@@ -167,3 +167,9 @@ def test_clap_scores_each_clip_against_its_prompt(sets, tmp_path_factory):
     report = _run(gen, ref, tmp_path, "--clap", str(clap))
     assert -1.0 <= report["metrics"]["clap_score"] <= 1.0
     assert report["settings"]["clap"] == f"clap-{clap.name}"
+
+
+def test_fad_inf_is_reported_when_asked(sets):
+    gen, ref, tmp_path = sets
+    report = _run(gen, ref, tmp_path, "--fad-inf", "5")
+    assert np.isfinite(report["metrics"]["fd_inf_loudness"])

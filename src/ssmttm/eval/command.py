@@ -23,6 +23,9 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", help="also write the JSON report here (default: none)")
     ev.add_argument("--per-clip", action="store_true", help="add each pair's KL to the report")
     ev.add_argument(
+        "--fad-inf", type=int, default=0, metavar="STEPS", help="also fadtk's FAD-inf, from STEPS subset sizes"
+    )
+    ev.add_argument(
         "--prompts-out",
         help="write the reference captions here, one a line, for `ssmttm generate --prompts-file` (default: none)",
     )
@@ -64,7 +67,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         from ssmttm.eval.clap import ClapModelAudio
 
         clap = ClapModelAudio(args.clap)
-    report = evaluate(generated, reference, embedding, tagger, cache, per_clip=args.per_clip, progress=True, clap=clap)
+    report = evaluate(
+        generated,
+        reference,
+        embedding,
+        tagger,
+        cache,
+        per_clip=args.per_clip,
+        progress=True,
+        clap=clap,
+        fad_inf_steps=args.fad_inf,
+    )
     report.missing = missing
     print(report.markdown())
     if args.out:

@@ -25,7 +25,7 @@ from ssmttm.eval.adherence import synthetic_adherence
 from ssmttm.eval.cache import StatsCache, content_hash
 from ssmttm.eval.clap import ClapModelAudio, clap_score
 from ssmttm.eval.clips import Clip, ClipsError
-from ssmttm.eval.frechet import GaussianStats, frechet_distance
+from ssmttm.eval.frechet import GaussianStats, fad_inf, frechet_distance
 from ssmttm.eval.kl import kl_divergence, label_distribution, paired_kl
 from ssmttm.eval.models import ClipModel
 
@@ -68,9 +68,11 @@ def evaluate(
     per_clip: bool = False,
     progress: bool = False,
     clap: ClapModelAudio | None = None,
+    fad_inf_steps: int = 0,
 ) -> Report:
     """FD of `embedding`; where clips pair up by caption, KL of `tagger` (default: the embedding's
-    model); with `clap`, the CLAP score of each generated clip against its prompt."""
+    model); with `clap`, the CLAP score of each generated clip against its prompt; with
+    `fad_inf_steps`, fadtk's FAD-inf from that many subset sizes of the generated windows."""
     for what, clips in (("generated", generated), ("reference", reference)):
         if len(clips) < 2:
             raise ClipsError(f"a covariance needs at least 2 {what} clips, got {len(clips)}")
@@ -81,14 +83,17 @@ def evaluate(
             raise ClipsError(f"{clip.path}: {err}") from None
     tagger = embedding if tagger is None else tagger
     cache = StatsCache() if cache is None else cache
-    generated_stats = _stats(embedding, generated, progress, "generated")
+    generated_windows = _windows(embedding, generated, progress, "generated")  # (windows, dim)
+    generated_stats = GaussianStats.of(generated_windows)
 
     def reference_stats() -> GaussianStats:
-        return _stats(embedding, reference, progress, "reference")
+        return GaussianStats.of(_windows(embedding, reference, progress, "reference"))
 
     ref_stats, hit = cache.get(embedding.id, content_hash(c.path for c in reference), reference_stats)
     log.info("reference statistics %s (%s)", "from the cache" if hit else "computed", cache.path(embedding.id, ""))
     metrics = {f"fd_{_short(embedding.id)}": frechet_distance(generated_stats, ref_stats)}
+    if fad_inf_steps:
+        metrics[f"fd_inf_{_short(embedding.id)}"], _ = fad_inf(generated_windows, ref_stats, steps=fad_inf_steps)
     report = Report(
         metrics,
         {"embedding": embedding.id, "tagger": tagger.id},
@@ -130,10 +135,9 @@ def _add_adherence(report: Report, scores: dict[str, float]) -> None:
             report.skipped[f"adherence_{name}"] = "no generated clip to score"
 
 
-def _stats(model: ClipModel, clips: Sequence[Clip], progress: bool, what: str) -> GaussianStats:
-    """The Gaussian of every window's embedding of every clip."""
-    windows = [model.embeddings(_mono(clip, model.sample_rate)) for clip in _bar(clips, progress, what)]
-    return GaussianStats.of(np.concatenate(windows))
+def _windows(model: ClipModel, clips: Sequence[Clip], progress: bool, what: str) -> np.ndarray:
+    """Every window's embedding of every clip, (windows, dim)."""
+    return np.concatenate([model.embeddings(_mono(clip, model.sample_rate)) for clip in _bar(clips, progress, what)])
 
 
 def _labels(tagger: ClipModel, clip: Clip) -> np.ndarray:
