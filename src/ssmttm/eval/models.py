@@ -84,8 +84,9 @@ MODELS: dict[str, Callable[[], ClipModel]] = {
     "ast": _ast,
     "vggish": _vggish,  # without weights: the error line that says where to get them
 }
-# Models whose weights can be named: "clap:DIR", "ast:owner/name" or "vggish:FILE".
+# Models whose weights can be named, "NAME:SOURCE", and what their SOURCE is.
 SOURCED: dict[str, Callable[[str], ClipModel]] = {"clap": _clap, "ast": _ast, "vggish": _vggish}
+SOURCE_FORMS = {"clap": "DIR_OR_ID", "ast": "DIR_OR_ID", "vggish": "FILE"}
 
 
 def load_model(name: str) -> ClipModel:
@@ -96,7 +97,7 @@ def load_model(name: str) -> ClipModel:
     if name not in MODELS:
         raise ModelError(
             f"unknown embedding or tagger {name!r}; choose one of: {', '.join(MODELS)}"
-            f" (or {', '.join(f'{k}:DIR' for k in SOURCED)})"
+            f" (or {', '.join(f'{k}:{SOURCE_FORMS[k]}' for k in SOURCED)})"
         )
     return MODELS[name]()
 
