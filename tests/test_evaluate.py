@@ -140,23 +140,94 @@ def test_prompts_out_writes_the_reference_captions_for_generate(sets, capsys):
 
 
 def test_a_synthetic_reference_adds_the_adherence_scores(sets, monkeypatch):
-    """Where the reference carries the corpus's attributes; the metric itself is test_adherence's."""
+    """Where the reference carries the corpus's attributes, with each clip's measures in its row;
+    the metric itself is test_adherence's (here the codec's features are stubbed by a clip's kind)."""
     gen, ref, tmp_path = sets
     records = [json.loads(line) for line in (ref / "metadata.jsonl").read_text().splitlines()]
-    lines = [json.dumps({**r, "style": "funk", "lead": "piano"}) + "\n" for r in records]
+    styles, leads = ["funk", "jazz", "jazz", "funk"], ["piano", "piano", "organ", "organ"]
+    lines = [json.dumps({**r, "style": s, "lead": ld}) + "\n" for r, s, ld in zip(records, styles, leads, strict=True)]
     (ref / "metadata.jsonl").write_text("".join(lines))
-    seen = []
+    (gen / "g3.wav.json").write_text(json.dumps({"prompt": CAPTIONS[3] + " at 120 BPM"}))  # unpaired, for tempo
 
-    def fake(generated, reference, progress=False):
-        seen.append((len(generated), len(reference)))
-        return {"style_accuracy": 0.75, "tempo_error_bpm": float("nan"), "paired_clips": 4}
+    class Measures:  # as ClipMeasures, once per file; features: the loudness windows' mean
+        codec = None
 
-    monkeypatch.setattr(evaluate_module, "synthetic_adherence", fake)
+        def __init__(self):
+            self.features_of, self.tempo_of, self.memo = [], [], {}
+
+        def features(self, clip, audio=None):
+            if clip.path not in self.memo:
+                assert audio is not None, "evaluate passes the audio it decoded"
+                self.features_of.append(clip.path.name)
+                self.memo[clip.path] = Loudness().embeddings(np.atleast_2d(audio[0]).mean(axis=0)).mean(axis=0)
+            return self.memo[clip.path]
+
+        def tempo(self, clip, audio=None):
+            assert audio is not None
+            self.tempo_of.append(clip.path.name)
+            return 117.0
+
+    made = []
+    monkeypatch.setattr(evaluate_module, "ClipMeasures", lambda: made.append(Measures()) or made[-1])
+    report = _run(gen, ref, tmp_path, "--per-clip")
+    assert report["metrics"]["adherence_style_accuracy"] == 1.0  # the same audio as its references
+    assert report["metrics"]["adherence_tempo_error_bpm"] == 3.0
+    assert report["clips"]["adherence_paired_clips"] == 3 and report["clips"]["adherence_tempo_clips"] == 1
+    rows = report["per_clip"]
+    assert rows[0]["style_predicted"] == rows[0]["style_asked"] == "funk" and "tempo_bpm" not in rows[0]
+    assert rows[3]["tempo_bpm"] == 117.0 and rows[3]["stated_bpm"] == 120.0 and "style_asked" not in rows[3]
+    assert "kl" in rows[0] and "kl" not in rows[3]  # the fourth prompt pairs with no reference caption
+    # each reference file measured once (in the reference pass), each paired generated clip once
+    assert sorted(made[0].features_of) == ["g0.wav", "g1.wav", "g2.wav", "r0.wav", "r1.wav", "r2.wav", "r3.wav"]
+    assert made[0].tempo_of == ["g3.wav"]
+
+
+def test_each_file_is_decoded_once_and_a_joint_model_runs_once(sets, monkeypatch):
+    """A model that is embedding and tagger gives both from one pass; every file is read once, the
+    reference set's again only when its statistics are not cached."""
+    gen, ref, tmp_path = sets
+    passes, reads = [], []
+
+    class Joint(Loudness):
+        def embeddings(self, wav):
+            passes.append("embeddings")
+            return Loudness.embeddings(self, wav)
+
+        def logits(self, wav):
+            passes.append("logits")
+            return 10 * Loudness.embeddings(self, wav)
+
+        def embeddings_and_logits(self, wav):
+            passes.append("both")
+            emb = Loudness.embeddings(self, wav)
+            return emb, 10 * emb
+
+    real_load = evaluate_module.load_audio
+    monkeypatch.setattr(evaluate_module, "load_audio", lambda path: reads.append(path.name) or real_load(path))
+    monkeypatch.setitem(models.MODELS, "loudness", Joint)
+    report = _run(gen, ref, tmp_path, "--per-clip")
+    assert sorted(reads) == sorted([f"g{i}.wav" for i in range(4)] + [f"r{i}.wav" for i in range(4)])
+    assert passes == ["both"] * 8  # every clip, generated or reference, is in a pair
+    assert abs(report["metrics"]["kl_loudness"]) < 1e-5
+    reads.clear()
+    passes.clear()
+    _run(gen, ref, tmp_path)  # the reference statistics now cached: the references read for KL only
+    assert passes == ["logits"] * 4 + ["both"] * 4 and len(reads) == 8
+    (gen / "g0.wav.json").write_text(json.dumps({"prompt": "unpaired"}))
+    reads.clear()
+    passes.clear()
+    _run(gen, ref, tmp_path)
+    assert "r0.wav" not in reads and sorted(passes) == ["both"] * 3 + ["embeddings"] + ["logits"] * 3
+
+
+def test_the_report_names_the_code_that_made_it(sets):
+    from ssmttm import __version__
+    from ssmttm.provenance import git_commit
+
+    gen, ref, tmp_path = sets
     report = _run(gen, ref, tmp_path)
-    assert seen == [(4, 4)]
-    assert report["metrics"]["adherence_style_accuracy"] == 0.75
-    assert report["clips"]["adherence_paired_clips"] == 4
-    assert report["skipped"]["adherence_tempo_error_bpm"] == "no generated clip to score"
+    assert report["ssmttm_version"] == __version__
+    assert report["git_commit"] == git_commit()
 
 
 def test_clap_scores_each_clip_against_its_prompt(sets, tmp_path_factory):

@@ -87,13 +87,43 @@ def fit_classifiers(features: np.ndarray, labels: dict[str, Sequence[str]]) -> t
     return classifiers, check
 
 
+class ClipMeasures:
+    """Each audio file's adherence features and tempo, measured once however many clips (or passes)
+    ask. A caller that has decoded the file already passes its audio, so it is not read again."""
+
+    def __init__(self, codec: SpectralCodec | None = None) -> None:
+        self.codec = load_embedded() if codec is None else codec
+        self._features: dict[Path, np.ndarray] = {}  # (3 * 89,) per audio file
+        self._tempo: dict[Path, float] = {}
+
+    def features(self, clip: Clip, audio: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+        if clip.path not in self._features:
+            wav, rate = _load(clip) if audio is None else audio
+            self._features[clip.path] = clip_features(self.codec, audio_codes(self.codec, wav, rate))
+        return self._features[clip.path]
+
+    def tempo(self, clip: Clip, audio: tuple[np.ndarray, int] | None = None) -> float:
+        if clip.path not in self._tempo:
+            self._tempo[clip.path] = audio_tempo(self.codec, *(_load(clip) if audio is None else audio))
+        return self._tempo[clip.path]
+
+
+def is_synthetic(clip: Clip) -> bool:
+    """Whether a clip carries the synthetic metadata the classifiers judge."""
+    return all(isinstance(clip.meta.get(name), str) for name in LABELS)
+
+
 class SyntheticAdherence:
-    """Classifiers fitted on a synthetic reference set, then `score` of any generated clips.
+    """Classifiers fitted on a synthetic reference set, then `score` of any generated clips."""
 
-    Each audio file is measured once, however many clips name it."""
-
-    def __init__(self, reference: Sequence[Clip], codec: SpectralCodec | None = None, progress: bool = False):
-        labelled = [c for c in reference if all(isinstance(c.meta.get(name), str) for name in LABELS)]
+    def __init__(
+        self,
+        reference: Sequence[Clip],
+        codec: SpectralCodec | None = None,
+        progress: bool = False,
+        measures: ClipMeasures | None = None,
+    ):
+        labelled = [c for c in reference if is_synthetic(c)]
         if len(labelled) < 2:
             raise ClipsError(
                 f"synthetic adherence needs reference clips with synthetic metadata ({', '.join(LABELS)}); "
@@ -102,33 +132,52 @@ class SyntheticAdherence:
         for name in LABELS:
             if len({c.meta[name] for c in labelled}) < 2:
                 raise ClipsError(f"every reference clip has the same {name}: nothing for a classifier to tell apart")
-        self.codec = load_embedded() if codec is None else codec
+        self.measures = ClipMeasures(codec) if measures is None else measures
+        self.codec = self.measures.codec
         self.progress = progress
-        self._features: dict[Path, np.ndarray] = {}  # (3 * 89,) per audio file
-        self._tempo: dict[Path, float] = {}
         self._by_caption: dict[str, Clip] = {}
         for clip in labelled:
             self._by_caption.setdefault(clip.caption, clip)
-        x = np.stack([self._features_of(c) for c in tqdm(labelled, disable=not progress, desc="reference")])
+        x = np.stack([self.measures.features(c) for c in tqdm(labelled, disable=not progress, desc="reference")])
         self.classifiers, self.check = fit_classifiers(x, {name: [c.meta[name] for c in labelled] for name in LABELS})
         self.reference_clips = len(labelled)
         log.info("adherence classifiers fitted on %d reference clips; held-out check %s", len(labelled), self.check)
+
+    def paired(self, clip: Clip) -> Clip | None:
+        """The reference clip whose caption is this clip's prompt: the attributes it is judged by."""
+        return self._by_caption.get(clip.caption)
+
+    def clip_scores(self, clip: Clip, audio: tuple[np.ndarray, int] | None = None) -> dict[str, Any]:
+        """One clip's measures: each attribute predicted and the one its prompt asks for (where a
+        reference caption pairs it), and its tempo against the prompt's BPM (where it states one).
+        `audio`, the clip's (wav, rate) if the caller has decoded it already."""
+        row: dict[str, Any] = {}
+        paired = self.paired(clip)
+        if paired is not None:
+            x = self.measures.features(clip, audio)[None]
+            for name in LABELS:
+                row[f"{name}_predicted"] = str(self.classifiers[name].predict(x)[0])
+                row[f"{name}_asked"] = paired.meta[name]
+        stated = stated_bpm(clip.caption)
+        if stated is not None:
+            row["tempo_bpm"] = float(self.measures.tempo(clip, audio))
+            row["stated_bpm"] = float(stated)
+        return row
 
     def score(self, generated: Sequence[Clip]) -> dict[str, float]:
         """Style and lead accuracy over the clips whose prompt is a reference clip's caption, and the
         tempo's median absolute error (BPM) and share within 8 BPM over the prompts stating a BPM
         (nan without any), with the counts of clips each is over."""
-        hits: dict[str, list[bool]] = {name: [] for name in LABELS}
-        errors = []
-        for clip in tqdm(generated, disable=not self.progress, desc="generated"):
-            paired = self._by_caption.get(clip.caption)
-            if paired is not None:
-                x = self._features_of(clip)[None]
-                for name in LABELS:
-                    hits[name].append(str(self.classifiers[name].predict(x)[0]) == paired.meta[name])
-            stated = stated_bpm(clip.caption)
-            if stated is not None:
-                errors.append(abs(self._tempo_of(clip) - stated))
+        rows = [self.clip_scores(clip) for clip in tqdm(generated, disable=not self.progress, desc="generated")]
+        return self.summary(rows)
+
+    def summary(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """`clip_scores` rows -> the metrics `score` returns."""
+        hits = {
+            name: [r[f"{name}_predicted"] == r[f"{name}_asked"] for r in rows if f"{name}_asked" in r]
+            for name in LABELS
+        }
+        errors = [abs(r["tempo_bpm"] - r["stated_bpm"]) for r in rows if "tempo_bpm" in r]
         metrics = {f"{name}_accuracy": _mean(hits[name]) for name in LABELS}
         metrics["tempo_error_bpm"] = float(np.median(errors)) if errors else float("nan")
         metrics["tempo_within_8_bpm"] = _mean([e <= TEMPO_TOLERANCE_BPM for e in errors])
@@ -136,16 +185,6 @@ class SyntheticAdherence:
         metrics |= {"paired_clips": float(len(hits[LABELS[0]])), "tempo_clips": float(len(errors))}
         metrics["reference_clips"] = float(self.reference_clips)
         return metrics
-
-    def _features_of(self, clip: Clip) -> np.ndarray:
-        if clip.path not in self._features:
-            self._features[clip.path] = clip_features(self.codec, audio_codes(self.codec, *_load(clip)))
-        return self._features[clip.path]
-
-    def _tempo_of(self, clip: Clip) -> float:
-        if clip.path not in self._tempo:
-            self._tempo[clip.path] = audio_tempo(self.codec, *_load(clip))
-        return self._tempo[clip.path]
 
 
 def synthetic_adherence(

@@ -44,18 +44,28 @@ class StatsCache:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", embedding_id)
         return self.folder / f"{safe}-{content[:32]}.safetensors"
 
+    def load(self, embedding_id: str, content: str) -> GaussianStats | None:
+        """The cached statistics, or None (an unreadable entry counts as none: it is recomputed)."""
+        path = self.path(embedding_id, content)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load(path.read_bytes())
+            return GaussianStats(tensors["mean"], tensors["cov"], int(tensors["count"][0]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def store(self, embedding_id: str, content: str, stats: GaussianStats) -> None:
+        data = save({"mean": stats.mean, "cov": stats.cov, "count": np.array([stats.count], dtype=np.int64)})
+        atomic_write(self.path(embedding_id, content), lambda f: f.write(data))
+
     def get(self, embedding_id: str, content: str, compute: Callable[[], GaussianStats]) -> tuple[GaussianStats, bool]:
         """The cached statistics and True, or `compute()`'s, stored, and False."""
-        path = self.path(embedding_id, content)
-        if path.is_file():
-            try:
-                tensors = load(path.read_bytes())
-                return GaussianStats(tensors["mean"], tensors["cov"], int(tensors["count"][0])), True
-            except (OSError, ValueError, KeyError):  # an unreadable entry is recomputed, not an error
-                pass
+        cached = self.load(embedding_id, content)
+        if cached is not None:
+            return cached, True
         stats = compute()
-        data = save({"mean": stats.mean, "cov": stats.cov, "count": np.array([stats.count], dtype=np.int64)})
-        atomic_write(path, lambda f: f.write(data))
+        self.store(embedding_id, content, stats)
         return stats, False
 
 

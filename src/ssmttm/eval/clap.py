@@ -85,11 +85,20 @@ def clap_score(model: ClapModelAudio, prompts: Sequence[str], wavs: Sequence[np.
     rate, one per prompt."""
     if len(prompts) != len(wavs):
         raise ModelError(f"the CLAP score pairs prompts with clips: got {len(prompts)} prompts and {len(wavs)} clips")
+    return clap_similarity(model, prompts, [model.clip_embedding(wav) for wav in wavs])
+
+
+def clap_similarity(
+    model: ClapModelAudio, prompts: Sequence[str], audio: Sequence[np.ndarray]
+) -> tuple[float, np.ndarray]:
+    """`clap_score` from clip embeddings already computed (`clip_embedding`), one per prompt: so a
+    caller can embed each clip while it has the audio, and keep only the (D,) vectors."""
+    if len(prompts) != len(audio):
+        raise ModelError(f"the CLAP score pairs prompts with clips: got {len(prompts)} prompts and {len(audio)} clips")
     if not prompts:
         raise ModelError("the CLAP score needs at least one clip")
     text = model.text_embeddings(prompts)  # (P, D)
-    audio = np.stack([model.clip_embedding(wav) for wav in wavs])  # (P, D)
-    per_clip = (text * audio).sum(axis=1)  # (P,)
+    per_clip = (text * np.stack(audio)).sum(axis=1)  # (P,)
     return float(per_clip.mean()), per_clip
 
 

@@ -21,7 +21,9 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--clap", help="also score each clip against its prompt with this CLAP (a folder or hub id)")
     ev.add_argument("--cache", help="folder of cached reference statistics (default: ~/.cache/ssmttm)")
     ev.add_argument("--out", help="also write the JSON report here (default: none)")
-    ev.add_argument("--per-clip", action="store_true", help="add each pair's KL to the report")
+    ev.add_argument(
+        "--per-clip", action="store_true", help="add a row per generated clip: its pair, KL, CLAP and adherence"
+    )
     ev.add_argument(
         "--fad-inf", type=int, default=0, metavar="STEPS", help="also fadtk's FAD-inf, from STEPS subset sizes"
     )

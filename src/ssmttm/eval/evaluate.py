@@ -6,6 +6,11 @@
   its prompt. Without pairs it is skipped, and the report says why.
 - Synthetic adherence (adherence.py): style, lead and tempo, where the reference clips carry our
   synthetic corpus's attributes.
+
+Each file is decoded once, in one pass over the reference set and one over the generated clips:
+every model reads it while it is in memory, and a model that is both embedding and tagger runs
+once (`embeddings_and_logits`). What is kept is per clip and small: windows' embeddings, one label
+distribution, one CLAP vector, the adherence features.
 """
 
 from __future__ import annotations
@@ -14,20 +19,21 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ssmttm import __version__
 from ssmttm.audio import AudioError, audio_info, load_audio, resample, to_mono
-from ssmttm.eval.adherence import synthetic_adherence
+from ssmttm.eval.adherence import ClipMeasures, SyntheticAdherence, is_synthetic
 from ssmttm.eval.cache import StatsCache, content_hash
-from ssmttm.eval.clap import ClapModelAudio, clap_score
+from ssmttm.eval.clap import ClapModelAudio, clap_similarity
 from ssmttm.eval.clips import Clip, ClipsError
 from ssmttm.eval.frechet import GaussianStats, fad_inf, frechet_distance
 from ssmttm.eval.kl import kl_divergence, label_distribution, paired_kl
 from ssmttm.eval.models import ClipModel
+from ssmttm.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     missing: list[str] = field(default_factory=list)  # reference clips named but absent
     per_clip: list[dict[str, Any]] = field(default_factory=list)
+    code: dict[str, str | None] = field(default_factory=code_version)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +56,7 @@ class Report:
             "skipped": self.skipped,
             "missing": self.missing,
             "per_clip": self.per_clip,
-            "ssmttm_version": __version__,
+            **self.code,
         }
 
     def markdown(self) -> str:
@@ -57,6 +64,29 @@ class Report:
         rows += [f"| {name} | skipped: {why} |" for name, why in self.skipped.items()]
         counts = ", ".join(f"{n} {what}" for what, n in self.counts.items())
         return "\n".join(["| metric | value |", "|---|---|", *rows, "", f"clips: {counts}"])
+
+
+class _Audio:
+    """One clip's file, decoded once, as mono at whichever rates the models ask for."""
+
+    def __init__(self, clip: Clip) -> None:
+        try:
+            self.wav, self.rate = load_audio(clip.path)
+        except AudioError as err:
+            raise ClipsError(f"{clip.path}: {err}") from None
+        self._mono = to_mono(self.wav)
+
+    def mono(self, rate: int) -> np.ndarray:
+        return resample(self._mono, self.rate, rate)[0]
+
+
+@dataclass
+class _Measured:
+    """What one clip gave the models: window embeddings, its label distribution, its CLAP vector."""
+
+    windows: np.ndarray | None = None  # (windows, dim)
+    labels: np.ndarray | None = None  # (labels,)
+    clap: np.ndarray | None = None  # (D,)
 
 
 def evaluate(
@@ -72,7 +102,8 @@ def evaluate(
 ) -> Report:
     """FD of `embedding`; where clips pair up by caption, KL of `tagger` (default: the embedding's
     model); with `clap`, the CLAP score of each generated clip against its prompt; with
-    `fad_inf_steps`, fadtk's FAD-inf from that many subset sizes of the generated windows."""
+    `fad_inf_steps`, fadtk's FAD-inf from that many subset sizes of the generated windows; with
+    `per_clip`, a row per generated clip of everything measured on it."""
     for what, clips in (("generated", generated), ("reference", reference)):
         if len(clips) < 2:
             raise ClipsError(f"a covariance needs at least 2 {what} clips, got {len(clips)}")
@@ -83,44 +114,92 @@ def evaluate(
             raise ClipsError(f"{clip.path}: {err}") from None
     tagger = embedding if tagger is None else tagger
     cache = StatsCache() if cache is None else cache
-    generated_windows = _windows(embedding, generated, progress, "generated")  # (windows, dim)
-    generated_stats = GaussianStats.of(generated_windows)
+    pairs = _pairs(generated, reference)
+    paired_references = {r.path for _, r in pairs}
+    measures = ClipMeasures() if all(is_synthetic(clip) for clip in reference) else None
 
-    def reference_stats() -> GaussianStats:
-        return GaussianStats.of(_windows(embedding, reference, progress, "reference"))
+    content = content_hash(c.path for c in reference)
+    ref_stats = cache.load(embedding.id, content)
+    log.info(
+        "reference statistics %s (%s)",
+        "computed" if ref_stats is None else "from the cache",
+        cache.path(embedding.id, content),
+    )
+    ref_measured: dict[Path, _Measured] = {}
+    for clip in _bar(reference, progress, "reference"):  # a file that several captions name counts once
+        wants_labels = clip.path in paired_references
+        if clip.path in ref_measured or not (ref_stats is None or wants_labels or measures is not None):
+            continue
+        audio = _Audio(clip)
+        ref_measured[clip.path] = _measure(audio, embedding, tagger, ref_stats is None, wants_labels)
+        if measures is not None:
+            measures.features(clip, (audio.wav, audio.rate))
+    if ref_stats is None:
+        ref_stats = GaussianStats.of(np.concatenate([m.windows for m in ref_measured.values()]))
+        cache.store(embedding.id, content, ref_stats)
+    adherence = None if measures is None else SyntheticAdherence(reference, measures=measures)
 
-    ref_stats, hit = cache.get(embedding.id, content_hash(c.path for c in reference), reference_stats)
-    log.info("reference statistics %s (%s)", "from the cache" if hit else "computed", cache.path(embedding.id, ""))
-    metrics = {f"fd_{_short(embedding.id)}": frechet_distance(generated_stats, ref_stats)}
+    paired_generated = {id(g) for g, _ in pairs}
+    gen_measured, rows = [], []
+    for clip in _bar(generated, progress, "generated"):
+        audio = _Audio(clip)
+        measured = _measure(audio, embedding, tagger, True, id(clip) in paired_generated)
+        if clap is not None:
+            measured.clap = clap.clip_embedding(audio.mono(clap.sample_rate))
+        gen_measured.append(measured)
+        row: dict[str, Any] = {"generated": str(clip.path), "prompt": clip.caption}
+        if adherence is not None:
+            row |= adherence.clip_scores(clip, (audio.wav, audio.rate))
+        rows.append(row)
+
+    generated_windows = np.concatenate([m.windows for m in gen_measured])  # (windows, dim)
+    metrics = {f"fd_{_short(embedding.id)}": frechet_distance(GaussianStats.of(generated_windows), ref_stats)}
     if fad_inf_steps:
         metrics[f"fd_inf_{_short(embedding.id)}"], _ = fad_inf(generated_windows, ref_stats, steps=fad_inf_steps)
     report = Report(
         metrics,
         {"embedding": embedding.id, "tagger": tagger.id},
-        {"generated": len(generated), "reference": len(reference)},
+        {"generated": len(generated), "reference": len(reference), "pairs": len(pairs)},
     )
     if clap is not None:
-        wavs = [_mono(clip, clap.sample_rate) for clip in _bar(generated, progress, "CLAP")]
-        metrics["clap_score"], _ = clap_score(clap, [clip.caption for clip in generated], wavs)
+        metrics["clap_score"], similarity = clap_similarity(
+            clap, [c.caption for c in generated], [m.clap for m in gen_measured]
+        )
         report.settings["clap"] = clap.id
-    if all("style" in clip.meta and "lead" in clip.meta for clip in reference):  # our synthetic corpus
-        _add_adherence(report, synthetic_adherence(generated, reference, progress=progress))
-    pairs = _pairs(generated, reference)
-    report.counts["pairs"] = len(pairs)
-    if not pairs:
-        report.skipped[f"kl_{_short(tagger.id)}"] = "no generated prompt is the caption of a reference clip"
-        return report
-    p = np.stack([_labels(tagger, g) for g, _ in _bar(pairs, progress, "pairs")])  # (pairs, labels)
-    q = np.stack([_labels(tagger, r) for _, r in pairs])
-    kl = paired_kl(p, q)
-    metrics[f"kl_{_short(tagger.id)}"] = kl.kl
-    metrics[f"kl_{_short(tagger.id)}_reverse"] = kl.reverse
+        for row, value in zip(rows, similarity, strict=True):
+            row["clap"] = float(value)
+    if adherence is not None:
+        _add_adherence(report, adherence.summary(rows))
+    kl_name = f"kl_{_short(tagger.id)}"
+    if pairs:
+        by_clip = {id(clip): m for clip, m in zip(generated, gen_measured, strict=True)}
+        p = np.stack([by_clip[id(g)].labels for g, _ in pairs])  # (pairs, labels)
+        q = np.stack([ref_measured[r.path].labels for _, r in pairs])
+        kl = paired_kl(p, q)
+        metrics[kl_name], metrics[f"{kl_name}_reverse"] = kl.kl, kl.reverse
+        row_of = {id(clip): row for clip, row in zip(generated, rows, strict=True)}
+        for (g, r), forward, reverse in zip(pairs, kl_divergence(p, q), kl_divergence(q, p), strict=True):
+            row_of[id(g)] |= {"reference": str(r.path), "kl": float(forward), "kl_reverse": float(reverse)}
+    else:
+        report.skipped[kl_name] = "no generated prompt is the caption of a reference clip"
     if per_clip:
-        for (g, r), value in zip(pairs, kl_divergence(p, q), strict=True):
-            report.per_clip.append(
-                {"generated": str(g.path), "reference": str(r.path), "prompt": g.caption, "kl": float(value)}
-            )
+        report.per_clip = rows
     return report
+
+
+def _measure(audio: _Audio, embedding: ClipModel, tagger: ClipModel, windows: bool, labels: bool) -> _Measured:
+    """The embedding's windows and the tagger's label distribution of one clip, each if asked; one
+    pass of a model that is both and can give both at once."""
+    both = getattr(embedding, "embeddings_and_logits", None)
+    if windows and labels and tagger is embedding and both is not None:
+        emb, logits = both(audio.mono(embedding.sample_rate))
+        return _Measured(emb, label_distribution(logits))
+    out = _Measured()
+    if windows:
+        out.windows = embedding.embeddings(audio.mono(embedding.sample_rate))
+    if labels:
+        out.labels = label_distribution(tagger.logits(audio.mono(tagger.sample_rate)))
+    return out
 
 
 def _add_adherence(report: Report, scores: dict[str, float]) -> None:
@@ -135,28 +214,11 @@ def _add_adherence(report: Report, scores: dict[str, float]) -> None:
             report.skipped[f"adherence_{name}"] = "no generated clip to score"
 
 
-def _windows(model: ClipModel, clips: Sequence[Clip], progress: bool, what: str) -> np.ndarray:
-    """Every window's embedding of every clip, (windows, dim)."""
-    return np.concatenate([model.embeddings(_mono(clip, model.sample_rate)) for clip in _bar(clips, progress, what)])
-
-
-def _labels(tagger: ClipModel, clip: Clip) -> np.ndarray:
-    return label_distribution(tagger.logits(_mono(clip, tagger.sample_rate)))
-
-
 def _pairs(generated: Sequence[Clip], reference: Sequence[Clip]) -> list[tuple[Clip, Clip]]:
     by_caption: dict[str, Clip] = {}
     for clip in reference:
         by_caption.setdefault(clip.caption, clip)
     return [(g, by_caption[g.caption]) for g in generated if g.caption in by_caption]
-
-
-def _mono(clip: Clip, rate: int) -> np.ndarray:
-    try:
-        wav, sr = load_audio(clip.path)
-    except AudioError as err:
-        raise ClipsError(f"{clip.path}: {err}") from None
-    return resample(to_mono(wav), sr, rate)[0]
 
 
 def _short(model_id: str) -> str:

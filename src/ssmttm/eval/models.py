@@ -36,6 +36,9 @@ class ClipModel(Protocol):
         """Mono audio (N,) at `sample_rate` -> (windows, labels): the tagger's logits."""
         ...
 
+    # Optional: `embeddings_and_logits(wav) -> (embeddings, logits)`, both from one pass, for a model
+    # that is both the embedding and the tagger of an evaluation (musicnn's).
+
 
 class MusicnnModel:
     """musicnn's MTT (default) or MSD tagger; `logits` are its pre-sigmoid tag scores."""
@@ -57,6 +60,11 @@ class MusicnnModel:
 
     def logits(self, wav: np.ndarray) -> np.ndarray:
         return self.tagger(_long_enough(wav, self.sample_rate)).logits.cpu().numpy()
+
+    def embeddings_and_logits(self, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one pass of the network: what `evaluate` asks of a model that is embedding and tagger."""
+        out = self.tagger(_long_enough(wav, self.sample_rate))
+        return out.penultimate.cpu().numpy(), out.logits.cpu().numpy()
 
 
 def _clap(source: str | None = None) -> ClipModel:
