@@ -3,8 +3,7 @@
 from pathlib import Path
 
 from ssmttm._allocator import tune_allocator
-
-__version__ = "0.1.0"
+from ssmttm.provenance import SOURCE_VERSION as __version__
 
 # The model shipped inside the package, which `ssmttm generate` and `make demo` use by default.
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo"

@@ -6,11 +6,9 @@ import argparse
 import logging
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
-from ssmttm import __version__
 from ssmttm._allocator import tune_allocator
 from ssmttm.backbones import mixer_spec
 from ssmttm.codecs.command import add_codec_commands, codec_names
@@ -21,6 +19,7 @@ from ssmttm.eval.command import add_evaluate_command
 from ssmttm.generation.command import add_generate_command
 from ssmttm.lm import count_parameters
 from ssmttm.presets import load_preset, preset_names
+from ssmttm.provenance import version
 from ssmttm.release.command import add_import_command
 from ssmttm.training.command import add_training_commands
 from ssmttm.training.plot import add_plot_command
@@ -64,14 +63,6 @@ class Parser(argparse.ArgumentParser):
             if isinstance(action, argparse._SubParsersAction)
             for name in action.choices
         ]
-
-
-def version() -> str:
-    """The installed distribution's version; ssmttm.__version__ for a source tree that was never installed."""
-    try:
-        return metadata.version("ssmttm")
-    except metadata.PackageNotFoundError:
-        return __version__
 
 
 def _presets(args: argparse.Namespace) -> None:

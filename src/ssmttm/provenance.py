@@ -7,11 +7,21 @@ installed wheel has no repository, and then the commit is None, not a guess.
 from __future__ import annotations
 
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
-from ssmttm import __version__
-
+# The package's own version (pyproject.toml's), here rather than in __init__ so that a leaf can
+# read it without importing the package, whose lazy attributes reach the whole library.
+SOURCE_VERSION = "0.1.0"
 _SOURCE = Path(__file__).resolve().parent
+
+
+def version() -> str:
+    """The installed distribution's version; SOURCE_VERSION for a source tree never installed."""
+    try:
+        return metadata.version("ssmttm")
+    except metadata.PackageNotFoundError:
+        return SOURCE_VERSION
 
 
 def git_commit(folder: Path = _SOURCE) -> str | None:
@@ -27,7 +37,7 @@ def git_commit(folder: Path = _SOURCE) -> str | None:
 
 def code_version() -> dict[str, str | None]:
     """{"ssmttm_version": ..., "git_commit": ...}: what a report records of the code behind it."""
-    return {"ssmttm_version": __version__, "git_commit": git_commit()}
+    return {"ssmttm_version": version(), "git_commit": git_commit()}
 
 
 def _git(folder: Path, *args: str) -> str:
