@@ -16,6 +16,13 @@ RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # a residual unit stack: kernel-7 convs dilat
 
 class DacCodec(Codec):
     chunk_frames = 256  # about 3 s at 44.1 kHz; the decoder holds about 2 MB of activations per frame
+    # Factorized codes: each codebook looks up in its own `codebook_dim`-d space (8 for the 44.1 kHz
+    # model) and projects to the decoder's space through its own out_proj, so latents concatenate.
+    latent_layout = "stacked"
+    # decode_latents' default. Snapping gives back codes that DAC's decoder was trained on; not
+    # snapping keeps whatever a stage 2 model generated between entries. Which sounds better must
+    # be chosen by listening measurements on the real weights, which cannot be downloaded here.
+    snap_latents = True
 
     def __init__(self, model, name: str, num_codebooks: int | None = None, device: str | torch.device = "cpu"):
         facts = self.facts_from_config(model.config, name)
@@ -28,6 +35,7 @@ class DacCodec(Codec):
             raise CodecError(f"{name} has {available} codebooks; cannot use {self.num_codebooks}")
         self.device = torch.device(device)
         self.encode_context_frames, self.decode_context_frames = facts.encode_context, facts.decode_context
+        self.codebook_latent_dim = int(model.config.codebook_dim)
 
     @classmethod
     def facts_from_config(cls, config, name: str) -> CodecFacts:
@@ -56,8 +64,42 @@ class DacCodec(Codec):
 
     def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
         wav = self.model.decode(audio_codes=codes.to(self.device)).audio_values[:, None]  # (B, 1, ~T * hop)
+        return self._pad(wav, codes.shape[-1])
+
+    def _pad(self, wav: Tensor, frames: int) -> Tensor:
         # An odd upsampling ratio makes the transposed convolutions one sample short at the end.
-        return torch.nn.functional.pad(wav, (0, codes.shape[-1] * self.hop_length - wav.shape[-1]))
+        return torch.nn.functional.pad(wav, (0, frames * self.hop_length - wav.shape[-1]))
+
+    # ---- the continuous side: each codebook's entry, before its out_proj ----
+
+    def _entry(self, k: int, codes: Tensor) -> Tensor:
+        return self.model.quantizer.quantizers[k].codebook(codes.to(self.device)).transpose(1, 2)  # (B, d, T)
+
+    def _two_stage(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+        """Codebook 0's codes, and the quantized latents of the others (as Discodiff trains on):
+        DAC's encoder output is only ever decoded through its codebooks."""
+        codes = self._encode(wav)[:, : self.num_codebooks]  # (B, K, T)
+        return codes[:, :1], self.latents(codes[:, 1:], 1, self.num_codebooks)  # (B, 1, T), (B, d * (K - 1), T)
+
+    def _split(self, z: Tensor) -> list[Tensor]:
+        """z (B, d * K, T) -> K latents (B, d, T), one per codebook."""
+        return list(z.to(self.device).split(self.codebook_latent_dim, dim=1))
+
+    def _snap(self, z: Tensor) -> Tensor:
+        """Each codebook's nearest entry by DAC's own lookup (DacVectorQuantize.decode_latents:
+        cosine similarity, as it L2-normalises latents and codebook), as codes (B, K, T)."""
+        quantizers = self.model.quantizer.quantizers
+        return torch.stack([quantizers[k].decode_latents(part)[1] for k, part in enumerate(self._split(z))], dim=1)
+
+    def _decode_continuous(self, z: Tensor, start_frame: int = 0) -> Tensor:
+        """Each codebook's latent through its out_proj, summed as DacResidualVectorQuantize.from_codes
+        sums them, then the decoder: what `decode` does, with the entries replaced by z."""
+        quantizers = self.model.quantizer.quantizers
+        hidden = 0.0
+        for k, part in enumerate(self._split(z)):
+            hidden = hidden + quantizers[k].out_proj(part)  # (B, hidden, T)
+        wav = self.model.decoder(hidden)  # (B, 1, ~T * hop)
+        return self._pad(wav, z.shape[-1])
 
 
 def dac_context_frames(config) -> tuple[int, int]:

@@ -24,6 +24,11 @@ LSTM_WARMUP_FRAMES = 50
 
 class EncodecCodec(Codec):
     chunk_frames = 500  # 10 s at 50 frames/s; the decoder holds about 1.5 MB of activations per frame
+    # Residual VQ in the model's space: every codebook's entries have the encoder's dim and sum
+    # (EncodecResidualVectorQuantizer.decode), so a latent is an encoder frame. decode_latents then
+    # runs the decoder on it directly; whether snapping to codes first sounds better would need
+    # listening measurements on the real weights, which cannot be downloaded here.
+    latent_layout = "additive"
 
     def __init__(self, model, name: str, num_codebooks: int | None = None, device: str | torch.device = "cpu"):
         config = model.config
@@ -41,6 +46,7 @@ class EncodecCodec(Codec):
         self.bandwidth = min(bw for bw, n in by_bandwidth.items() if n >= self.num_codebooks)
         self.device = torch.device(device)
         self.encode_context_frames, self.decode_context_frames = facts.encode_context, facts.decode_context
+        self.codebook_latent_dim = int(config.codebook_dim)
 
     @classmethod
     def facts_from_config(cls, config, name: str) -> CodecFacts:
@@ -73,6 +79,26 @@ class EncodecCodec(Codec):
     def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
         out = self.model.decode(codes.to(self.device)[None], [None], return_dict=True)
         return out.audio_values  # (B, 1, T * hop)
+
+    # ---- the continuous side: latents are encoder frames ----
+
+    def _entry(self, k: int, codes: Tensor) -> Tensor:
+        return self.model.quantizer.layers[k].decode(codes.to(self.device))  # (B, T) -> (B, dim, T)
+
+    def _two_stage(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+        """Codebook 0's codes, and the unquantized encoder output minus its entry: the same split as
+        the embedded codec's, so stage 2 is not bound by the codebooks' precision. (EncodecModel's
+        encode multiplies the audio by an all-true padding mask first, which changes nothing.)"""
+        embeddings = self.model.encoder(wav.to(self.device))  # (B, dim, T)
+        coarse = self.model.quantizer.layers[0].encode(embeddings)  # (B, T)
+        return coarse[:, None], embeddings - self._entry(0, coarse)  # (B, 1, T), (B, dim, T)
+
+    def _snap(self, z: Tensor) -> Tensor:
+        codes = self.model.quantizer.encode(z.to(self.device), self.bandwidth)  # (K', B, T), K' >= K
+        return codes[: self.num_codebooks].transpose(0, 1)  # (B, K, T)
+
+    def _decode_continuous(self, z: Tensor, start_frame: int = 0) -> Tensor:
+        return self.model.decoder(z.to(self.device))  # (B, dim, T) -> (B, 1, T * hop), as _decode_frame does
 
 
 def codebooks_by_bandwidth(config) -> dict[float, int]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ssmttm.codecs.base import Codec, CodecError
 from ssmttm.codecs.spectral.features import SpectralConfig, SpectralModel
-from ssmttm.codecs.spectral.rvq import dequantize, quantize
+from ssmttm.codecs.spectral.rvq import dequantize, nearest, quantize
 from ssmttm.files import atomic_write
 
 EMBEDDED_WEIGHTS = Path(__file__).with_name("embedded.safetensors")
@@ -27,6 +27,10 @@ EMBEDDED_WEIGHTS = Path(__file__).with_name("embedded.safetensors")
 
 class SpectralCodec(Codec):
     chunk_frames = 1024  # 24 s; features are 4 numbers per frame, so memory is the audio itself
+    # Residual k-means: every codebook's entries live in the feature space and sum, so a latent is
+    # a feature frame, and synthesis takes one directly: no snapping by default, since the point of
+    # an unquantized residual is the precision the codebooks lack (snap=True quantizes as encode does).
+    latent_layout = "additive"
 
     def __init__(self, model: SpectralModel, codebooks: Tensor, name: str, num_codebooks: int | None = None):
         cfg = model.config
@@ -36,6 +40,7 @@ class SpectralCodec(Codec):
         self.sample_rate = cfg.sample_rate
         self.hop_length = cfg.hop_length
         self.cardinality = codebooks.shape[1]
+        self.codebook_latent_dim = codebooks.shape[2]  # the feature dim: 89 for the shipped codec
         available = codebooks.shape[0]
         self.num_codebooks = available if num_codebooks is None else num_codebooks
         if not 1 <= self.num_codebooks <= available:
@@ -87,8 +92,34 @@ class SpectralCodec(Codec):
     def _decode(self, codes: Tensor, start_frame: int = 0) -> Tensor:
         batch, _, frames = codes.shape
         feats = dequantize(codes.transpose(1, 2).reshape(-1, codes.shape[1]).cpu(), self.codebooks)
-        feats = feats.reshape(batch, frames, -1)  # (B, T, dim)
-        return torch.stack([self.model.synthesize(row, start_frame) for row in feats])[:, None]  # (B, 1, T * hop)
+        return self._synthesize(feats.reshape(batch, frames, -1), start_frame)  # (B, 1, T * hop)
+
+    def _synthesize(self, feats: Tensor, start_frame: int) -> Tensor:
+        """feats (B, T, dim) -> wav (B, 1, T * hop), row by row."""
+        return torch.stack([self.model.synthesize(row, start_frame) for row in feats])[:, None]
+
+    # ---- the continuous side: latents are feature frames ----
+
+    def _entry(self, k: int, codes: Tensor) -> Tensor:
+        return self.codebooks[k][codes.cpu()].transpose(1, 2)  # (B, T) -> (B, dim, T)
+
+    def _two_stage(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+        """Codebook 0's code of each frame, and the unquantized features minus its entry: stage 2
+        then learns what 4 codebooks would have rounded away too."""
+        feats = self.features(wav)  # (B, T, dim)
+        flat = feats.reshape(-1, feats.shape[-1])  # (B * T, dim)
+        coarse = nearest(flat, self.codebooks[0])  # (B * T,): quantize's first stage, so encode's codebook 0
+        residual = (flat - self.codebooks[0][coarse]).reshape(feats.shape)  # (B, T, dim)
+        return coarse.reshape(feats.shape[0], 1, -1), residual.transpose(1, 2)  # (B, 1, T), (B, dim, T)
+
+    def _snap(self, z: Tensor) -> Tensor:
+        batch, dim, frames = z.shape
+        codes = quantize(z.transpose(1, 2).reshape(-1, dim).cpu(), self.codebooks[: self.num_codebooks])  # (B * T, K)
+        return codes.reshape(batch, frames, -1).transpose(1, 2)  # (B, K, T)
+
+    def _decode_continuous(self, z: Tensor, start_frame: int = 0) -> Tensor:
+        # Contiguous, as decode's features are: synthesis' matmuls round differently on other layouts.
+        return self._synthesize(z.cpu().transpose(1, 2).contiguous(), start_frame)  # (B, dim, T) -> (B, 1, T * hop)
 
 
 def load_embedded(num_codebooks: int | None = None, device: str = "cpu") -> SpectralCodec:
