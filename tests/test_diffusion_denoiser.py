@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -177,3 +180,13 @@ def test_flow_loss_is_seeded_and_ignores_padded_frames():
         losses.append(flow_loss(model, latents, coarse, text, mask, cfg, frame_mask).loss)
     assert losses[0] == losses[1] == losses[2]
     assert torch.isfinite(losses[0])
+
+
+def test_the_package_imports_no_model_room_nor_diffusers_up_front():
+    code = (
+        "import sys, ssmttm.diffusion; "
+        "rooms = ('ssmttm.lm', 'ssmttm.generation', 'ssmttm.training', 'ssmttm.codecs', 'ssmttm.cli', 'diffusers'); "
+        "print(sorted(m for m in sys.modules if m.startswith(rooms)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

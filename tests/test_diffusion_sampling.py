@@ -140,6 +140,14 @@ def test_window_spans(frames, expected):
     assert window_spans(frames, 10, 3) == expected
 
 
+def test_windows_without_overlap_tile_the_sequence():
+    cfg = Stage2Config(denoiser=tiny(), steps=2, cfg_scale=1.0, window_frames=5, overlap_frames=0)
+    model = randomised(tiny())
+    _, _, coarse, text, mask = inputs(frames=12)
+    assert window_spans(12, 5, 0) == [(0, 5), (5, 10), (10, 12)]
+    assert [p.shape[-1] for p in render_windows(model, coarse, text, mask, cfg, seed=0)] == [5, 5, 2]
+
+
 def windowed_config(**fields) -> Stage2Config:
     return Stage2Config(denoiser=tiny(), steps=3, cfg_scale=2.0, window_frames=10, overlap_frames=3, **fields)
 

@@ -41,13 +41,16 @@ def flow_loss(
     latents: Tensor,
     coarse: Tensor,
     text: Tensor,
-    text_mask: Tensor,
+    text_mask: Tensor | None,
     cfg: Stage2Config,
     frame_mask: Tensor | None = None,
 ) -> FlowLoss:
     """latents (B, D, T) codec latents, not yet normalised; coarse (B, T); text (B, L, E) with text_mask
-    (B, L); frame_mask (B, T) True on real frames (None = all). Caption dropout applies in training mode."""
+    (B, L) (None = all real); frame_mask (B, T) True on real frames (None = all). Caption dropout applies
+    in training mode."""
     x0 = normalise(latents, cfg)  # (B, D, T)
+    if text_mask is None:
+        text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
     if model.training:
         text_mask = drop_captions(text_mask, cfg.denoiser.caption_dropout)
     t = sample_timesteps(x0.shape[0], cfg, x0.device).to(x0.dtype)  # (B,)
