@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ssmttm.conditioning import Conditioning
-from ssmttm.config import ConfigError, SamplingConfig, to_dict
+from ssmttm.config import ConfigError, SamplingConfig, merged, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import TokenStore
 from ssmttm.hub import first_line
@@ -40,9 +40,14 @@ class LMTrainConfig(TrainConfig):
 
     @classmethod
     def expand(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """`model:` may name a preset."""
-        if isinstance(data.get("model"), str):
-            data["model"] = to_dict(load_preset(data["model"]))
+        """`model:` may name a preset, or be a mapping with `preset:` and the keys that differ
+        from it (`{preset: demo-simba, num_codebooks: 1}`), merged section by section."""
+        model = data.get("model")
+        if isinstance(model, str):
+            data["model"] = to_dict(load_preset(model))
+        elif isinstance(model, dict) and "preset" in model:
+            changes = {k: v for k, v in model.items() if k != "preset"}
+            data["model"] = merged(to_dict(load_preset(model["preset"])), changes)
         return data
 
 
