@@ -15,13 +15,10 @@ from ssmttm.diffusion import (
     Denoiser,
     DenoiserConfig,
     Stage2Config,
-    channels,
+    Stage2Model,
     denoiser_flops,
-    denormalise,
     drop_captions,
     flow_loss,
-    format_channels,
-    normalise,
     sample_timesteps,
 )
 
@@ -109,15 +106,12 @@ def test_config_round_trips_through_dict_and_yaml(tmp_path):
     cfg = Stage2Config(
         denoiser=tiny(caption_dropout=0.2),
         timestep_sampling="uniform",
-        latent_mean=format_channels([0.1, -0.2, 1 / 3, 5.0]),
-        latent_std=format_channels([1.0, 0.5, 2 / 3, 1e-3]),
         steps=10,
         cfg_scale=3.5,
     )
     assert from_dict(Stage2Config, to_dict(cfg)) == cfg
     save_yaml(cfg, tmp_path / "stage2.yaml")
     assert load_yaml(Stage2Config, tmp_path / "stage2.yaml") == cfg
-    assert channels(cfg.latent_mean) == [0.1, -0.2, 1 / 3, 5.0]  # exact floats
     assert load_yaml(Stage2Config, tmp_path / "stage2.yaml", ["window_frames=100"]).window_frames == 100
 
 
@@ -129,9 +123,6 @@ def test_config_round_trips_through_dict_and_yaml(tmp_path):
         {"cfg_scale": float("nan")},
         {"cfg_scale": float("inf")},
         {"overlap_frames": 430},
-        {"latent_mean": "1,2"},
-        {"latent_std": "1,1,0,1"},
-        {"latent_std": "1,x,1,1"},
     ],
 )
 def test_bad_configs_are_one_line_errors(fields):
@@ -145,13 +136,28 @@ def test_bad_denoiser_config():
         tiny(n_heads=3)
 
 
-def test_normalisation_round_trips():
-    cfg = Stage2Config(denoiser=tiny(), latent_mean="1,2,3,4", latent_std="0.5,1,2,4")
+def test_normalisation_round_trips_and_its_statistics_ship_in_the_weights():
+    model = Stage2Model(Stage2Config(denoiser=tiny()))
     x = torch.randn(2, DIM, 7)
-    z = normalise(x, cfg)
+    torch.testing.assert_close(model.normalise(x), x)  # identity until measured
+    model.set_statistics(torch.tensor([1.0, 2, 3, 4]), torch.tensor([0.5, 1, 2, 4]))
+    z = model.normalise(x)
     torch.testing.assert_close(z[:, 3], (x[:, 3] - 4) / 4)
-    torch.testing.assert_close(denormalise(z, cfg), x)
-    torch.testing.assert_close(normalise(x, Stage2Config(denoiser=tiny())), x)  # empty: identity
+    torch.testing.assert_close(model.denormalise(z), x)
+    fresh = Stage2Model(Stage2Config(denoiser=tiny()))
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.normalise(x), z)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [([1.0, 2.0], [1.0, 1.0]), ([0.0] * DIM, [1.0, 1.0, 0.0, 1.0]), ([0.0] * DIM, [1.0, float("nan"), 1.0, 1.0])],
+)
+def test_bad_statistics_are_one_line_errors(mean, std):
+    model = Stage2Model(Stage2Config(denoiser=tiny()))
+    with pytest.raises(ConfigError) as err:
+        model.set_statistics(torch.tensor(mean), torch.tensor(std))
+    assert "\n" not in str(err.value)
 
 
 def test_timestep_sampling_and_caption_dropout():

@@ -13,10 +13,9 @@ import ssmttm.diffusion.windows as windows_module
 from ssmttm.diffusion import (
     Denoiser,
     Stage2Config,
-    denormalise,
+    Stage2Model,
     flow_loss,
     flow_sigmas,
-    format_channels,
     guided_velocity,
     make_scheduler,
     render,
@@ -37,6 +36,13 @@ class Recording(torch.nn.Module):
     def forward(self, x_t, t, coarse, text, text_mask, frame_mask=None):
         self.shapes.append(tuple(x_t.shape))
         return self.model(x_t, t, coarse, text, text_mask, frame_mask)
+
+
+def stage2(cfg: Stage2Config, denoiser: torch.nn.Module) -> Stage2Model:
+    """A Stage2Model of `cfg` around the given denoiser (identity statistics)."""
+    model = Stage2Model(cfg)
+    model.denoiser = denoiser
+    return model
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -142,10 +148,10 @@ def test_window_spans(frames, expected):
 
 def test_windows_without_overlap_tile_the_sequence():
     cfg = Stage2Config(denoiser=tiny(), steps=2, cfg_scale=1.0, window_frames=5, overlap_frames=0)
-    model = randomised(tiny())
+    model = stage2(cfg, randomised(tiny()))
     _, _, coarse, text, mask = inputs(frames=12)
     assert window_spans(12, 5, 0) == [(0, 5), (5, 10), (10, 12)]
-    assert [p.shape[-1] for p in render_windows(model, coarse, text, mask, cfg, seed=0)] == [5, 5, 2]
+    assert [p.shape[-1] for p in render_windows(model, coarse, text, mask, seed=0)] == [5, 5, 2]
 
 
 def windowed_config(**fields) -> Stage2Config:
@@ -154,7 +160,8 @@ def windowed_config(**fields) -> Stage2Config:
 
 def test_windows_chain_overlaps_and_stay_within_the_window(monkeypatch):
     cfg = windowed_config()
-    model = Recording(randomised(tiny()))
+    recording = Recording(randomised(tiny()))
+    model = stage2(cfg, recording)
     _, _, coarse, text, mask = inputs(frames=25)
     calls = []
 
@@ -164,7 +171,7 @@ def test_windows_chain_overlaps_and_stay_within_the_window(monkeypatch):
         return x
 
     monkeypatch.setattr(windows_module, "sample", recorded)
-    pieces = list(render_windows(model, coarse, text, mask, cfg, seed=4))
+    pieces = list(render_windows(model, coarse, text, mask, seed=4))
     assert [p.shape[-1] for p in pieces] == [10, 7, 7, 1]  # emitted from frame O on, after the first
     assert sum(p.shape[-1] for p in pieces) == 25
     assert calls[0][0] is None
@@ -173,31 +180,30 @@ def test_windows_chain_overlaps_and_stay_within_the_window(monkeypatch):
         assert torch.equal(x[..., :3], known)
     whole = torch.cat([calls[0][1], *(x[..., 3:] for _, x in calls[1:])], dim=-1)
     assert torch.equal(torch.cat(pieces, dim=-1), whole)
-    assert max(shape[-1] for shape in model.shapes) <= cfg.window_frames  # flat memory in duration
-    assert {shape[0] for shape in model.shapes} == {4}  # the CFG batch: two rows per row
+    assert max(shape[-1] for shape in recording.shapes) <= cfg.window_frames  # flat memory in duration
+    assert {shape[0] for shape in recording.shapes} == {4}  # the CFG batch: two rows per row
 
 
 def test_streamed_equals_whole_render_for_a_seed():
-    cfg = windowed_config()
-    model = randomised(tiny())
+    model = stage2(windowed_config(), randomised(tiny()))
     _, _, coarse, text, mask = inputs(frames=24)
-    whole = render(model, coarse, text, mask, cfg, seed=11)
+    whole = render(model, coarse, text, mask, seed=11)
     assert whole.shape == (2, DIM, 24)
     streamed = []
-    for piece in render_windows(model, coarse, text, mask, cfg, seed=11):
+    for piece in render_windows(model, coarse, text, mask, seed=11):
         torch.randn(100)  # other work between pieces draws from the global RNG: no effect
         streamed.append(piece)
     assert torch.equal(torch.cat(streamed, dim=-1), whole)
-    assert not torch.equal(render(model, coarse, text, mask, cfg, seed=12), whole)
+    assert not torch.equal(render(model, coarse, text, mask, seed=12), whole)
     assert window_generator(11, 0).initial_seed() != window_generator(11, 1).initial_seed()
 
 
 def test_windows_denormalise_what_they_emit():
-    stats = windowed_config(latent_mean=format_channels([1, 2, 3, 4]), latent_std=format_channels([2, 2, 1, 0.5]))
-    model = randomised(tiny())
+    model = stage2(windowed_config(), randomised(tiny()))
     _, _, coarse, text, mask = inputs(frames=12)
-    plain = render(model, coarse, text, mask, windowed_config(), seed=0)
-    torch.testing.assert_close(render(model, coarse, text, mask, stats, seed=0), denormalise(plain, stats))
+    plain = render(model, coarse, text, mask, seed=0)
+    model.set_statistics(torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 2, 1, 0.5]))
+    torch.testing.assert_close(render(model, coarse, text, mask, seed=0), model.denormalise(plain))
 
 
 def toy_batch(generator: torch.Generator, batch: int = 16, frames: int = 12):

@@ -1,17 +1,18 @@
 """Stage 2 of two-stage generation: from stage 1's coarse tokens and the text, the codec's
 continuous latent, by a rectified-flow DiT sampled through diffusers' Euler flow scheduler.
 
-- config.py: `DenoiserConfig`, `Stage2Config`. latents.py: the per-channel normalisation.
+- config.py: `DenoiserConfig`, `Stage2Config`. model.py: `Stage2Model`, the denoiser with the
+  latents' per-channel statistics.
 - denoiser.py: the model and its FLOPs. flow.py: the training objective.
 - sampler.py: one window, with CFG and inpainting. windows.py: long sequences, window by window.
 """
 
 from __future__ import annotations
 
-from ssmttm.diffusion.config import DenoiserConfig, Stage2Config, channels, format_channels
+from ssmttm.diffusion.config import DenoiserConfig, Stage2Config
 from ssmttm.diffusion.denoiser import Denoiser, denoiser_flops
 from ssmttm.diffusion.flow import FlowLoss, drop_captions, flow_loss, sample_timesteps
-from ssmttm.diffusion.latents import denormalise, normalise
+from ssmttm.diffusion.model import Stage2Model
 from ssmttm.diffusion.sampler import flow_sigmas, guided_velocity, make_scheduler, sample
 from ssmttm.diffusion.windows import render, render_windows, window_generator, window_spans
 
@@ -20,16 +21,13 @@ __all__ = [
     "DenoiserConfig",
     "FlowLoss",
     "Stage2Config",
-    "channels",
+    "Stage2Model",
     "denoiser_flops",
-    "denormalise",
     "drop_captions",
     "flow_loss",
     "flow_sigmas",
-    "format_channels",
     "guided_velocity",
     "make_scheduler",
-    "normalise",
     "render",
     "render_windows",
     "sample",

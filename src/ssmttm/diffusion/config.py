@@ -40,16 +40,12 @@ class DenoiserConfig:
 
 @dataclass
 class Stage2Config:
-    """The denoiser, its objective (rectified flow), the latent normalisation, sampling defaults."""
+    """The denoiser, its objective (rectified flow) and the sampling defaults. The latent statistics
+    are the model's buffers (model.py), measured on the training data."""
 
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     objective: Literal["flow"] = "flow"  # rectified flow: x_t = (1 - t) x0 + t noise, target noise - x0
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"  # SD3's, mean 0 std 1
-    # Per-channel statistics of the training latents, applied before the model sees x and undone
-    # after sampling; empty means identity. Comma-separated floats (`format_channels`), because
-    # ssmttm.config's from_dict reads scalars and dataclasses only; `channels` parses them.
-    latent_mean: str = ""
-    latent_std: str = ""
     steps: int = 25  # a placeholder: the caller chooses the step count by measurement
     cfg_scale: float = 2.0  # classifier-free guidance on the text; 1 means none
     window_frames: int = 430  # 10 s at 43 frames/s
@@ -58,26 +54,6 @@ class Stage2Config:
     def __post_init__(self) -> None:
         check_sampling(self.steps, self.cfg_scale)
         check_windows(self.window_frames, self.overlap_frames)
-        dim = self.denoiser.latent_dim
-        for name in ("latent_mean", "latent_std"):
-            values = channels(getattr(self, name), name)
-            if values and len(values) != dim:
-                raise ConfigError(f"{name} has {len(values)} channels, the latent has {dim}")
-        if self.latent_std and not min(channels(self.latent_std)) > 0:
-            raise ConfigError("latent_std must be positive in every channel")
-
-
-def format_channels(values: list[float]) -> str:
-    """Per-channel values as the config stores them; `channels` reads them back exactly."""
-    return ",".join(repr(float(v)) for v in values)
-
-
-def channels(text: str, name: str = "channels") -> list[float]:
-    """The floats of a comma-separated config field; empty text gives an empty list."""
-    try:
-        return [float(part) for part in text.split(",")] if text.strip() else []
-    except ValueError:
-        raise ConfigError(f"{name}: expected comma-separated floats, got {text[:40]!r}") from None
 
 
 def check_sampling(steps: int, cfg_scale: float) -> None:

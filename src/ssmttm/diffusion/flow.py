@@ -14,7 +14,6 @@ from torch import Tensor
 
 from ssmttm.diffusion.config import Stage2Config
 from ssmttm.diffusion.denoiser import Denoiser
-from ssmttm.diffusion.latents import normalise
 
 
 @dataclass
@@ -38,17 +37,16 @@ def drop_captions(text_mask: Tensor, probability: float) -> Tensor:
 
 def flow_loss(
     model: Denoiser,
-    latents: Tensor,
+    x0: Tensor,
     coarse: Tensor,
     text: Tensor,
     text_mask: Tensor | None,
     cfg: Stage2Config,
     frame_mask: Tensor | None = None,
 ) -> FlowLoss:
-    """latents (B, D, T) codec latents, not yet normalised; coarse (B, T); text (B, L, E) with text_mask
-    (B, L) (None = all real); frame_mask (B, T) True on real frames (None = all). Caption dropout applies
-    in training mode."""
-    x0 = normalise(latents, cfg)  # (B, D, T)
+    """x0 (B, D, T) normalised latents (Stage2Model.training_loss normalises codec latents); coarse
+    (B, T); text (B, L, E) with text_mask (B, L) (None = all real); frame_mask (B, T) True on real
+    frames (None = all). Caption dropout applies in training mode."""
     if text_mask is None:
         text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
     if model.training:

@@ -11,14 +11,16 @@ are the same.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ssmttm.diffusion.config import Stage2Config, check_windows
-from ssmttm.diffusion.denoiser import Denoiser
-from ssmttm.diffusion.latents import denormalise
+from ssmttm.diffusion.config import check_windows
 from ssmttm.diffusion.sampler import sample
+
+if TYPE_CHECKING:
+    from ssmttm.diffusion.model import Stage2Model
 
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # the golden-ratio constant: nearby (seed, window) pairs get distant seeds
 
@@ -40,41 +42,40 @@ def window_generator(seed: int, window: int) -> torch.Generator:
 
 
 def render_windows(
-    model: Denoiser,
+    model: Stage2Model,
     coarse: Tensor,
     text: Tensor,
     text_mask: Tensor | None,
-    cfg: Stage2Config,
     *,
     seed: int,
     steps: int | None = None,
     cfg_scale: float | None = None,
 ) -> Iterator[Tensor]:
     """Yield each window's new frames (B, D, n) as codec latents (denormalised), in order, for coarse
-    (B, T) and text (B, L, E) with text_mask (B, L). steps and cfg_scale default to the config's."""
+    (B, T) and text (B, L, E) with text_mask (B, L). steps and cfg_scale default to the model config's."""
+    cfg = model.cfg
     overlap = cfg.overlap_frames
     tail: Tensor | None = None  # the previous window's last O frames, normalised: all that is kept
     for w, (start, end) in enumerate(window_spans(coarse.shape[1], cfg.window_frames, overlap)):
         x = sample(  # (B, D, end - start)
-            model, coarse[:, start:end], text, text_mask,
+            model.denoiser, coarse[:, start:end], text, text_mask,
             steps=cfg.steps if steps is None else steps, cfg_scale=cfg.cfg_scale if cfg_scale is None else cfg_scale,
             generator=window_generator(seed, w), known=tail,
         )  # fmt: skip
         tail = x[..., -overlap:] if overlap else None
-        yield denormalise(x if w == 0 else x[..., overlap:], cfg)
+        yield model.denormalise(x if w == 0 else x[..., overlap:])
 
 
 def render(
-    model: Denoiser,
+    model: Stage2Model,
     coarse: Tensor,
     text: Tensor,
     text_mask: Tensor | None,
-    cfg: Stage2Config,
     *,
     seed: int,
     steps: int | None = None,
     cfg_scale: float | None = None,
 ) -> Tensor:
     """The whole sequence's codec latents (B, D, T): `render_windows`' pieces, concatenated."""
-    pieces = render_windows(model, coarse, text, text_mask, cfg, seed=seed, steps=steps, cfg_scale=cfg_scale)
+    pieces = render_windows(model, coarse, text, text_mask, seed=seed, steps=steps, cfg_scale=cfg_scale)
     return torch.cat(list(pieces), dim=-1)
