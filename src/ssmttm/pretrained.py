@@ -14,20 +14,18 @@ The codec and the text encoder are frozen, so they are named (anything `load_cod
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from ssmttm.config import ConfigError, SamplingConfig, from_dict, to_dict
-from ssmttm.files import atomic_write, read_text, write_json
+from ssmttm.files import read_text, write_json
 from ssmttm.hub import first_line, how_to_provide, is_hub_id, offline
 from ssmttm.lm import LMConfig, MusicLM
+from ssmttm.weights import read_weights, state_dict_problems, write_weights
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -81,8 +79,7 @@ def save_pretrained(
         source=source,
     )
     (directory / CONFIG).unlink(missing_ok=True)
-    data = save_safetensors(_plain_tensors(model.state_dict()), metadata={"format": "pt"})
-    atomic_write(directory / WEIGHTS, lambda f: f.write(data))
+    write_weights(directory / WEIGHTS, model.state_dict())
     write_config(directory, config)
     return directory
 
@@ -119,7 +116,7 @@ def load_pretrained(
         target = linear_dtype if linear_dtype is not None and key in linear else dtype
         return tensor.to(target) if target is not None and tensor.is_floating_point() else tensor
 
-    state = _read_weights(directory / WEIGHTS, cast)
+    state = read_weights(directory / WEIGHTS, cast, PretrainedError)
     _check_state(model.state_dict(), state, directory / WEIGHTS)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device).eval(), config
@@ -130,7 +127,7 @@ def load_weights(source: str | Path) -> dict[str, Tensor]:
     fine-tuning (`run.init_from`) starts from. A PretrainedError when it cannot be read."""
     directory = resolve(source)
     _check_folder(directory)
-    return _read_weights(directory / WEIGHTS)
+    return read_weights(directory / WEIGHTS, error=PretrainedError)
 
 
 def write_config(directory: str | Path, config: PretrainedConfig) -> Path:
@@ -212,53 +209,8 @@ def _check_folder(directory: Path) -> None:
         raise PretrainedError(f"{directory} has no {files}: not a complete export (`ssmttm export` writes both)")
 
 
-def _plain_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, contiguous CPU tensors, each with its own storage (safetensors refuses shared ones)."""
-    seen: set[int] = set()
-    tensors = {}
-    for key, value in state.items():
-        tensor = value.detach().cpu()
-        storage = tensor.untyped_storage().data_ptr()
-        if storage in seen or not tensor.is_contiguous():
-            tensor = tensor.clone(memory_format=torch.contiguous_format)
-        seen.add(tensor.untyped_storage().data_ptr())
-        tensors[key] = tensor
-    return tensors
-
-
-def _read_weights(path: Path, cast: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """The file's tensors, each passed through `cast` as soon as it is read."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {key: f.get_tensor(key) if cast is None else cast(key, f.get_tensor(key)) for key in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as err:
-        raise PretrainedError(f"{path} is not a readable safetensors file ({first_line(err)})") from None
-
-
 def _check_state(expected: dict[str, Tensor], found: dict[str, Tensor], path: Path) -> None:
     """One line naming the first few missing, unexpected or mis-shaped tensors, if any."""
     problems = state_dict_problems(expected, found)
     if problems:
         raise PretrainedError(f"{path} does not match its config.json: {'; '.join(problems)}")
-
-
-def state_dict_problems(
-    expected: dict[str, Tensor], found: dict[str, Tensor], name: Callable[[str], str] = str
-) -> list[str]:
-    """What keeps `found` from loading into a model whose state dict is `expected`: missing,
-    unexpected and mis-shaped tensors, the first few of each, with keys spelled by `name`."""
-    missing = [name(key) for key in expected if key not in found]
-    unexpected = [name(key) for key in found if key not in expected]
-    shapes = [
-        f"{name(key)} {tuple(found[key].shape)} (expected {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in found and found[key].shape != value.shape
-    ]
-    labelled = (("missing ", missing), ("unexpected ", unexpected), ("wrong shape: ", shapes))
-    return [label + few(items) for label, items in labelled if items]
-
-
-def few(items: list[str], limit: int = 4) -> str:
-    """The first `limit` items, and how many more there are."""
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more

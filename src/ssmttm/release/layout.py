@@ -28,7 +28,7 @@ from torch import Tensor
 from ssmttm.backbones import BackboneConfig
 from ssmttm.backbones.mamba2 import Mamba2Config
 from ssmttm.lm import LMConfig, MusicLM
-from ssmttm.pretrained import few, state_dict_problems
+from ssmttm.weights import few, state_dict_problems
 
 # (release prefix, our prefix); {i} stands for a block or codebook index.
 PREFIXES = [

@@ -20,12 +20,13 @@ from ssmttm.data.shards import TokenStore
 from ssmttm.hub import first_line
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
-from ssmttm.pretrained import PretrainedError, load_weights, save_pretrained, state_dict_problems
+from ssmttm.pretrained import PretrainedError, load_weights, save_pretrained
 from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.config import DataConfig, TrainConfig
 from ssmttm.training.data import CaptionedWindows, EncoderKey, collate, fill_cache, require_prepared
 from ssmttm.training.flops import forward_flops
 from ssmttm.training.task import Task, TaskData, TaskLoss, Trained
+from ssmttm.weights import state_dict_problems
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
