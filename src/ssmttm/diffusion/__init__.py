@@ -14,7 +14,7 @@ from ssmttm.diffusion.denoiser import Denoiser, denoiser_flops
 from ssmttm.diffusion.flow import FlowLoss, drop_captions, flow_loss, sample_timesteps
 from ssmttm.diffusion.model import Stage2Model
 from ssmttm.diffusion.sampler import flow_sigmas, guided_velocity, make_scheduler, sample
-from ssmttm.diffusion.windows import render, render_windows, window_generator, window_spans
+from ssmttm.diffusion.windows import WindowStream, render, render_windows, window_generator, window_spans
 
 __all__ = [
     "Denoiser",
@@ -22,6 +22,7 @@ __all__ = [
     "FlowLoss",
     "Stage2Config",
     "Stage2Model",
+    "WindowStream",
     "denoiser_flops",
     "drop_captions",
     "flow_loss",
