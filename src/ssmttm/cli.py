@@ -136,6 +136,7 @@ def _prepare(args: argparse.Namespace) -> None:
         exclude=args.exclude,
         remove_vocals=args.remove_vocals,
         items_per_unit=args.items_per_unit,
+        latents=args.latents,
     )
     result = prepare(config, workers=args.workers, share=(index, count), progress=True)
     print(
@@ -178,6 +179,11 @@ def _add_data_commands(commands) -> None:
     prep.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     prep.add_argument("--shard", default="0/1", help="i/n: this machine does every n-th unit, starting at i")
     prep.add_argument("--items-per-unit", type=int, default=16, help="source files per shard unit")
+    prep.add_argument(
+        "--latents",
+        action="store_true",
+        help="also store each clip's two-stage target (the codec's residual latents, float16) for training a stage 2",
+    )
     prep.set_defaults(run=_prepare)
     merge = data.add_parser("merge", help="index the units of all --shard runs in one folder")
     merge.add_argument("--out", required=True, help="the --out folder of the `data prepare --shard i/n` runs")

@@ -4,6 +4,10 @@ The work is cut into units of a few source files each, in a fixed order. A unit 
 atomically and only when complete, so a run killed at any moment and started again does only the
 units that are missing, and produces the same bytes as an uninterrupted run. `--shard i/n` gives
 a machine every n-th unit; `merge` joins the units of all machines into one index.
+
+With `latents`, every unit also stores each clip's two-stage target (`Codec.two_stage_target`:
+the residual a stage 2 model learns), computed from the same audio as the tokens, float16, at the
+tokens' offsets (shards.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class PrepareConfig:
     remove_vocals: bool = False
     items_per_unit: int = 16
     silence_dbfs: float = -60.0
+    latents: bool = False  # also store each clip's two-stage residual, (D, frames) float16
 
     def settings(self) -> dict[str, Any]:
         """What must match for a run to resume another: everything that shapes the output."""
@@ -64,6 +69,7 @@ class PrepareConfig:
             "remove_vocals",
             "items_per_unit",
             "silence_dbfs",
+            "latents",
         )
         return {key: value for key, value in asdict(self).items() if key in keep}
 
@@ -92,6 +98,10 @@ def prepare(
         separator = load_vocal_remover()  # fails here, before any work, when demucs is missing
     root = Path(config.out)
     codec = load_codec(config.codec, config.num_codebooks)
+    if config.latents and codec.latent_layout is None:
+        raise PrepareError(
+            f"--latents: the codec {config.codec!r} has no continuous latents; prepare without --latents"
+        )
     plan = _load_or_write_plan(config, codec, root)
     units = plan["units"]
     mine = [u for k, u in enumerate(units) if k % count == index]
@@ -100,8 +110,8 @@ def prepare(
     job = _UnitJob(config, plan["codec"], plan["split"], separator)
     items_encoded = 0
     bar = tqdm(total=len(todo), disable=not progress, desc="preparing", unit="unit")
-    for unit, (tokens, records, failures) in _run(job, todo, workers, codec):
-        write_unit(root, unit["name"], tokens, records, failures)
+    for unit, (tokens, latents, records, failures) in _run(job, todo, workers, codec):
+        write_unit(root, unit["name"], tokens, records, failures, latents)
         items_encoded += len(unit["items"])
         log.info("%s: encoded %d items into %d clips", unit["name"], len(unit["items"]), len(records))
         bar.update()
@@ -151,6 +161,7 @@ def _load_or_write_plan(config: PrepareConfig, codec: Codec, root: Path) -> dict
             "frame_rate": codec.frame_rate,
             "num_codebooks": codec.num_codebooks,
             "cardinality": codec.cardinality,
+            **({"latent_dim": codec.latent_dim(1, codec.num_codebooks)} if config.latents else {}),
         },
         "units": [
             {"name": f"unit-{k:05d}", "items": [asdict(i) for i in kept[k * per_unit : (k + 1) * per_unit]]}
@@ -163,6 +174,10 @@ def _load_or_write_plan(config: PrepareConfig, codec: Codec, root: Path) -> dict
     path = root / PLAN
     if path.is_file():
         previous = read_json(path)
+        previous["settings"].setdefault("latents", False)  # plans from before --latents existed
+        if previous["settings"]["latents"] != config.latents:
+            had = "with" if previous["settings"]["latents"] else "without"
+            raise PrepareError(f"{root} was prepared {had} --latents; prepare into a new --out folder")
         if previous != json.loads(json.dumps(plan)):
             what = "settings" if previous.get("settings") != plan["settings"] else "source files or captions"
             raise PrepareError(f"{root} was prepared with other {what}; use a new --out folder")
@@ -204,12 +219,13 @@ class _UnitJob:
     split: dict[str, str]
     separator: Separator | None
 
-    def __call__(self, codec: Codec, unit: dict[str, Any]) -> tuple[np.ndarray, list[dict], list[dict]]:
-        """Encode every item of a unit: (tokens (K, frames), clip records, failures).
+    def __call__(self, codec: Codec, unit: dict[str, Any]) -> _UnitOutput:
+        """Encode every item of a unit: (tokens (K, frames), latents (D, frames) float16 or None,
+        clip records, failures).
 
         An item that cannot be used is one failure with its reason, and the unit goes on.
         """
-        blocks, records, failures = [], [], []
+        blocks, latent_blocks, records, failures = [], [], [], []
         offset = 0
         for fields in unit["items"]:
             item = SourceItem(**fields)
@@ -218,27 +234,58 @@ class _UnitJob:
             except (AudioError, _Skip) as err:
                 failures.append(asdict(Failure(item.file, str(err))))
                 continue
-            for segment, start_s, codes in clips:
+            for segment, start_s, codes, residual in clips:
                 records.append(self._record(item, unit["name"], segment, start_s, offset, codes.shape[1]))
                 blocks.append(codes)
+                latent_blocks.append(residual)
                 offset += codes.shape[1]
         k = self.codec_info["num_codebooks"]
         tokens = np.concatenate(blocks, axis=1) if blocks else np.zeros((k, 0), dtype=np.int64)
-        return tokens, records, failures
+        latents = None
+        if self.config.latents:
+            d = self.codec_info["latent_dim"]
+            latents = np.concatenate(latent_blocks, axis=1) if blocks else np.zeros((d, 0), dtype=np.float16)
+        return tokens, latents, records, failures
 
-    def _encode(self, codec: Codec, item: SourceItem) -> list[tuple[int, float, np.ndarray]]:
-        """(segment, start in seconds, codes (K, T)) of every clip of an item, or a _Skip.
+    def _encode(self, codec: Codec, item: SourceItem) -> list[tuple[int, float, np.ndarray, np.ndarray | None]]:
+        """(segment, start in seconds, codes (K, T), residual (D, T) float16 or None) of every clip of
+        an item, or a _Skip.
 
         All or nothing: an item that fails part-way must not leave some of its clips in the unit.
         """
         clips = []
         for segment, start_s, wav, rate in self._segments(item):
+            audio = torch.from_numpy(wav)[None]  # (1, C, N): one read of the audio serves both
             try:
-                codes = codec.encode(torch.from_numpy(wav)[None], rate)[0].numpy()
+                codes = codec.encode(audio, rate)[0].numpy()
+                residual = self._residual(codec, audio, rate, codes, segment) if self.config.latents else None
             except CodecError as err:  # the audio, not the codec: encode's other errors are bugs
                 raise _Skip(f"segment {segment} could not be encoded ({err})") from None
-            clips.append((segment, start_s, codes))
+            clips.append((segment, start_s, codes, residual))
         return clips
+
+    def _residual(self, codec: Codec, audio: torch.Tensor, rate: int, codes: np.ndarray, segment: int) -> np.ndarray:
+        """The two-stage residual (D, T) of a segment whose tokens are `codes` (K, T), as float16.
+
+        float16 halves the bytes of float32, and the residual fits it comfortably: the embedded
+        codec's stays within about 0.5 in absolute value (float16 reaches 65504), and its relative
+        rounding error of at most 2**-11 is far below what a stage 2 model resolves.
+        """
+        target = codec.two_stage_target(audio, rate)
+        coarse = target.coarse[0, 0].numpy()  # (T,)
+        if not np.array_equal(coarse, codes[0]):  # one quantizer's first stage: a mismatch is a codec bug
+            raise RuntimeError(
+                f"{codec.name}: two_stage_target's codebook 0 differs from encode's on segment {segment} "
+                f"({int((coarse != codes[0]).sum())} of {codes.shape[1]} frames); this is a bug in the codec"
+            )
+        residual = target.residual[0].numpy()  # (D, T) float32
+        peak = float(np.abs(residual).max()) if residual.size else 0.0
+        if not math.isfinite(peak) or peak > _HALF_MAX:
+            raise RuntimeError(
+                f"{codec.name}: the two-stage residual of segment {segment} peaks at {peak}, beyond float16 storage; "
+                "this is a bug in the codec"
+            )
+        return residual.astype(np.float16)
 
     def _segments(self, item: SourceItem) -> Iterator[tuple[int, float, np.ndarray, int]]:
         cfg = self.config
@@ -279,6 +326,11 @@ class _UnitJob:
         }
 
 
+# (tokens (K, frames), latents (D, frames) float16 or None, clip records, failures) of one unit
+_UnitOutput = tuple[np.ndarray, np.ndarray | None, list[dict], list[dict]]
+_HALF_MAX = float(np.finfo(np.float16).max) / 16  # a residual beyond this is not what a codec's latents are
+
+
 class _Skip(Exception):
     """An input that is readable but unusable; the message is the reason recorded."""
 
@@ -316,5 +368,5 @@ def _init_worker(job: _UnitJob) -> None:
     _worker["codec"] = load_codec(job.config.codec, job.config.num_codebooks)
 
 
-def _work(unit: dict) -> tuple[np.ndarray, list[dict], list[dict]]:
+def _work(unit: dict) -> _UnitOutput:
     return _worker["job"](_worker["codec"], unit)

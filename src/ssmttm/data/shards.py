@@ -4,11 +4,14 @@ A prepared collection is a folder:
 
     plan.json            what will be prepared: settings, codec, units of items, split, early failures
     shards/NAME.npy      uint16 tokens (K, frames) of every clip of one unit, end to end
+    shards/NAME.latents.npy  with --latents only: float16 two-stage residuals (D, frames), at the
+                         tokens' offsets (a record's offset and frames index both)
     shards/NAME.json     that unit's clip records (offset and length in the .npy) and failures;
                          written last, so its presence means the unit is complete
     index.jsonl          every clip record, in unit order           } written by `merge` once
     failures.jsonl       every input that was skipped, with why     } every unit is complete
-    manifest.json        counts, hours, codec id and frame rate     }
+    manifest.json        counts, hours, codec id and frame rate,    }
+                         "latents" (true when stored; the codec's "latent_dim" is then D)
 
 Nothing is ever half-written (ssmttm.files).
 """
@@ -26,17 +29,30 @@ from ssmttm.files import atomic_write, read_json, read_jsonl, write_json, write_
 
 SHARDS = "shards"
 PLAN, INDEX, FAILURES, MANIFEST = "plan.json", "index.jsonl", "failures.jsonl", "manifest.json"
+LATENTS = ".latents.npy"  # the suffix of a unit's latents file, beside its NAME.npy
 
 
 def unit_done(root: Path, name: str) -> bool:
     return (root / SHARDS / f"{name}.json").is_file()
 
 
-def write_unit(root: Path, name: str, tokens: np.ndarray, records: list[dict], failures: list[dict]) -> None:
-    """Tokens first, then the records that point into them: a unit is complete when its .json exists."""
+def write_unit(
+    root: Path,
+    name: str,
+    tokens: np.ndarray,
+    records: list[dict],
+    failures: list[dict],
+    latents: np.ndarray | None = None,
+) -> None:
+    """Tokens (and latents (D, frames), if given) first, then the records that point into them: a
+    unit is complete when its .json exists."""
     if tokens.size and int(tokens.max()) > np.iinfo(np.uint16).max:
         raise ValueError("token ids above 65535 do not fit the uint16 shards")
+    if latents is not None and (latents.dtype != np.float16 or latents.shape[1:] != tokens.shape[1:]):
+        raise ValueError(f"latents must be float16 (D, {tokens.shape[1]}), got {latents.dtype} {latents.shape}")
     atomic_write(root / SHARDS / f"{name}.npy", lambda f: np.save(f, tokens.astype(np.uint16), allow_pickle=False))
+    if latents is not None:
+        atomic_write(root / SHARDS / f"{name}{LATENTS}", lambda f: np.save(f, latents, allow_pickle=False))
     write_json(root / SHARDS / f"{name}.json", {"records": records, "failures": failures})
 
 
@@ -90,6 +106,7 @@ def _manifest(plan: dict, records: list[dict], failures: list[dict]) -> dict:
         "excluded": len(plan["excluded"]),
         "shards": [unit["name"] for unit in plan["units"]],
         "settings": plan["settings"],
+        "latents": bool(plan["settings"].get("latents", False)),
     }
 
 
@@ -107,10 +124,22 @@ class TokenStore:
         self.manifest = read_json(manifest)
         self.records = read_jsonl(self.root / INDEX)
         self._shards: dict[str, np.ndarray] = {}
+        self._latents: dict[str, np.ndarray] = {}
 
     @property
     def frame_rate(self) -> float:
         return float(self.manifest["codec"]["frame_rate"])
+
+    @property
+    def has_latents(self) -> bool:
+        """Whether each clip's two-stage residual was stored (`ssmttm data prepare --latents`)."""
+        return bool(self.manifest.get("latents", False))
+
+    @property
+    def latent_dim(self) -> int:
+        """D, the channels of `latents(record)`."""
+        self._require_latents()
+        return int(self.manifest["codec"]["latent_dim"])
 
     def split(self, name: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["split"] == name]
@@ -122,6 +151,21 @@ class TokenStore:
             shard = np.load(self.root / SHARDS / f"{record['shard']}.npy", mmap_mode="r")
             self._shards[record["shard"]] = shard
         return shard[:, record["offset"] : record["offset"] + record["frames"]]
+
+    def latents(self, record: dict[str, Any]) -> np.ndarray:
+        """(D, frames) float16, the clip's two-stage residual: a view into the memory-mapped file."""
+        self._require_latents()
+        shard = self._latents.get(record["shard"])
+        if shard is None:
+            shard = np.load(self.root / SHARDS / f"{record['shard']}{LATENTS}", mmap_mode="r")
+            self._latents[record["shard"]] = shard
+        return shard[:, record["offset"] : record["offset"] + record["frames"]]
+
+    def _require_latents(self) -> None:
+        if not self.has_latents:
+            raise ValueError(
+                f"{self.root} holds no latents: prepare it again into a new folder with `ssmttm data prepare --latents`"
+            )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
