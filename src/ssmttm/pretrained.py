@@ -4,7 +4,8 @@
     DIR/config.json         {"format_version": 1, "model": {LMConfig}, "codec": ..., "text_encoder": ...,
                              "text_padding": "left" | "release",
                              "generation": {"cfg_scale", "temperature", "top_k", "top_p"},
-                             "trained_steps", "source"}
+                             "trained_steps", "source", "stage2"}
+    DIR/stage2/             a two-stage model's stage 2 ("stage2": "stage2"; diffusion/pretrained.py)
 
 The codec and the text encoder are frozen, so they are named (anything `load_codec` and
 `load_text_encoder` accept), not stored. `ssmttm export` and the generation side's
@@ -50,6 +51,9 @@ class PretrainedConfig:
     format_version: int = FORMAT_VERSION
     trained_steps: int | None = None  # optimizer steps behind the weights, when known
     source: str = ""  # where the weights came from, e.g. the run folder or checkpoint
+    # A two-stage model's stage 2: the folder (relative to this one) that renders this LM's codes;
+    # "" for a single-stage model, whose codes the codec decodes.
+    stage2: str = ""
 
 
 def save_pretrained(
@@ -62,6 +66,7 @@ def save_pretrained(
     trained_steps: int | None = None,
     source: str = "",
     text_padding: Literal["left", "release"] = "left",
+    stage2: str = "",
 ) -> Path:
     """Write `model` to `directory` (created if needed) as model.safetensors + config.json; returns the folder.
 
@@ -77,6 +82,7 @@ def save_pretrained(
         generation=generation or SamplingConfig(),
         trained_steps=trained_steps,
         source=source,
+        stage2=stage2,
     )
     (directory / CONFIG).unlink(missing_ok=True)
     write_weights(directory / WEIGHTS, model.state_dict())

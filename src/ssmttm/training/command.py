@@ -23,9 +23,17 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a run's model as model.safetensors + config.json")
     export.add_argument("run_dir", metavar="RUN", help="a training run folder")
     export.add_argument("--out", required=True, help="folder to write")
-    export.add_argument("--cfg-scale", type=float, help="generation default (default: 3.0)")
+    export.add_argument(
+        "--cfg-scale", type=float, help="generation default; for a stage-2 run, its guidance (default: 3.0; 2.0)"
+    )
     export.add_argument("--temperature", type=float, help="generation default (default: 1.0)")
     export.add_argument("--top-k", type=int, help="generation default (0 = off; default: 250)")
+    export.add_argument(
+        "--diffusion-steps", type=int, help="a stage-2 run's default sampling steps (default: its config's)"
+    )
+    export.add_argument(
+        "--stage2", help="a stage-2 folder to pair with this LM run, into OUT/stage2: a two-stage model (default: none)"
+    )
     export.set_defaults(run=_export)
 
 
@@ -55,5 +63,10 @@ def _train(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ssmttm.training.export import export_run
 
-    out = export_run(args.run_dir, args.out, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
-    print(f"{out}: model.safetensors and config.json")
+    defaults = {"cfg_scale": args.cfg_scale, "temperature": args.temperature, "top_k": args.top_k}
+    defaults |= {"diffusion_steps": args.diffusion_steps}
+    if args.stage2 is not None:
+        defaults["stage2"] = args.stage2
+    out = export_run(args.run_dir, args.out, **defaults)
+    stage2 = " and stage2/" if (out / "stage2").is_dir() and args.stage2 else ""
+    print(f"{out}: model.safetensors and config.json{stage2}")

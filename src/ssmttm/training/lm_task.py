@@ -17,6 +17,7 @@ from ssmttm.conditioning import Conditioning
 from ssmttm.config import ConfigError, SamplingConfig, merged, to_dict
 from ssmttm.data.dataset import TokenWindows
 from ssmttm.data.shards import TokenStore
+from ssmttm.diffusion.pretrained import STAGE2_FOLDER, Stage2Error, load_stage2, save_stage2
 from ssmttm.hub import first_line
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
@@ -149,20 +150,48 @@ class LMTask(Task):
         cfg_scale: float | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
+        stage2: str | None = None,
+        diffusion_steps: int | None = None,
     ) -> Path:
         """An ssmttm.pretrained folder: weights, model config, codec and text-encoder ids, and
-        the generation defaults."""
+        the generation defaults. `stage2`: a stage-2 folder to pair with this LM (its stage 1),
+        copied into `out/stage2/` after checking it fits: a two-stage model."""
+        if diffusion_steps is not None:
+            raise ConfigError("--diffusion-steps is a stage-2 run's default; this run is an LM (give it with --stage2)")
         given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k}
         generation = SamplingConfig(**{k: v for k, v in given.items() if v is not None})
+        codec, text_encoder = trained.info["codec"]["name"], trained.info["text_encoder"]
+        if stage2 is not None:
+            copy_stage2(Path(stage2), Path(out) / STAGE2_FOLDER, codec, text_encoder, self.config.model.num_codebooks)
         return save_pretrained(
             model,
             out,
-            codec=trained.info["codec"]["name"],
-            text_encoder=trained.info["text_encoder"],
+            codec=codec,
+            text_encoder=text_encoder,
             generation=generation,
             trained_steps=trained.steps,
             source=str(trained.checkpoint),
+            stage2=STAGE2_FOLDER if stage2 is not None else "",
         )
+
+
+def copy_stage2(source: Path, target: Path, codec: str, text_encoder: str, num_codebooks: int) -> None:
+    """A stage-2 folder (or a stage-2 run's export) copied to `target`, after checking it renders
+    for this stage 1: the same codec and text encoder, and an LM that predicts codebook 0."""
+    try:
+        model, s2 = load_stage2(source)
+    except Stage2Error as err:
+        raise ConfigError(f"--stage2: {err}") from None
+    if (s2.codec, s2.text_encoder) != (codec, text_encoder):
+        raise ConfigError(
+            f"--stage2 {source} renders codec {s2.codec!r} from {s2.text_encoder!r} text; this LM is for codec "
+            f"{codec!r} and {text_encoder!r}"
+        )
+    if num_codebooks != 1:
+        log.warning("pairing a stage 2 with an LM of %d codebooks: stage 2 reads only the first", num_codebooks)
+    save_stage2(
+        model, target, codec=s2.codec, text_encoder=s2.text_encoder, trained_steps=s2.trained_steps, source=s2.source
+    )
 
 
 def init_from_pretrained(lm: MusicLM, source: str) -> None:

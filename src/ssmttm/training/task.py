@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # only for its runs.
 TASKS: dict[str, str] = {
     "lm": "ssmttm.training.lm_task:LMTask",
+    "stage2": "ssmttm.training.stage2_task:Stage2Task",
 }
 
 
