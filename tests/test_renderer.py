@@ -39,10 +39,10 @@ class CoarseRenderer:
         rest = codes.new_zeros(codes.shape[0], self.codec.num_codebooks - codes.shape[1], codes.shape[2])
         return torch.cat([codes, rest], dim=1)
 
-    def render(self, codes: torch.Tensor) -> torch.Tensor:
+    def render(self, codes: torch.Tensor, request=None) -> torch.Tensor:
         return self.codec.decode(self._full(codes))
 
-    def stream(self) -> RenderStream:
+    def stream(self, request=None) -> RenderStream:
         outer, inner = self, self.codec.stream_decoder()
 
         class Stream:

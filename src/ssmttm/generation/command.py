@@ -25,6 +25,9 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("unquoted", nargs="*", help=argparse.SUPPRESS)
     gen.add_argument("--prompts-file", help="one prompt per line (blank lines skipped), after the quoted prompt if any")
     gen.add_argument("--model", help="exported model folder or hub id (default: the shipped demo model)")
+    gen.add_argument(
+        "--stage2", help="a stage-2 folder to render a stage-1 model's codes with: two-stage generation (default: none)"
+    )
     gen.add_argument("-o", "--out", required=True, help="output file (.wav, .flac, .mp3, .ogg); numbered per prompt")
     gen.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: %(default)g)")
     gen.add_argument(
@@ -37,6 +40,14 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--top-k", type=int, help=f"sample from the k most likely tokens; 0 = off (default: {demo['top_k']})"
     )
     gen.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]; 0 = off (default: 0)")
+    gen.add_argument(
+        "--diffusion-steps", type=int, help="a two-stage model's stage-2 sampling steps (default: the model's)"
+    )
+    gen.add_argument(
+        "--diffusion-cfg",
+        type=float,
+        help="a two-stage model's stage-2 guidance on the text; 1 = off (default: the model's)",
+    )
     gen.add_argument(
         "--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i (default: %(default)s)"
     )
@@ -188,7 +199,13 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
     source = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.is_dir():
         raise FileNotFoundError(f"the demo model is not in this install ({DEMO_MODEL}); pass --model DIR")
-    model = TextToMusic.from_pretrained(source, device=args.device, precision=args.precision)
+    if args.diffusion_steps is not None and args.diffusion_steps < 1:
+        raise ValueError(f"--diffusion-steps {args.diffusion_steps}: must be at least 1")
+    if args.stage2 is not None and not Path(args.stage2).is_dir():
+        raise FileNotFoundError(f"no stage-2 folder at {args.stage2}")
+    model = TextToMusic.from_pretrained(source, device=args.device, precision=args.precision, stage2=args.stage2)
+    diffusion = {"diffusion_steps": args.diffusion_steps, "diffusion_cfg": args.diffusion_cfg}
+    model.check_diffusion(args.diffusion_steps, args.diffusion_cfg)  # a single-stage model given them: refused
     sampling = model.sampling(**settings)  # the model's defaults where a setting was left out
     if model.device == "cpu":
         from ssmttm.ops import cpu_kernels
@@ -201,10 +218,14 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
         start = time.perf_counter()
         if args.stream:
             written.partial = partial_path(path)
-            model.generate_to_file(prompt, path, args.duration, seed=seed, progress=True, **settings, **continuation)
+            model.generate_to_file(
+                prompt, path, args.duration, seed=seed, progress=True, **settings, **diffusion, **continuation
+            )
             written.partial = None
         else:
-            wav = model.generate([prompt], args.duration, seed=seed, progress=True, **settings, **continuation)
+            wav = model.generate(
+                [prompt], args.duration, seed=seed, progress=True, **settings, **diffusion, **continuation
+            )
             save_audio(path, wav[0].numpy(), model.sample_rate)
         written.files.append(path)
         elapsed = time.perf_counter() - start
@@ -216,6 +237,8 @@ def _run(args: argparse.Namespace, written: _Written) -> None:
             sampling=sampling,
             elapsed=elapsed,
             continue_from=args.continue_from,
+            diffusion_steps=args.diffusion_steps,
+            diffusion_cfg=args.diffusion_cfg,
         )
         write_json(path.with_name(path.name + ".json"), record)
         print(f"{path}: {args.duration:g} s generated in {elapsed:.1f} s ({args.duration / elapsed:.2f}x real time)")

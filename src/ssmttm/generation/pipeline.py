@@ -30,11 +30,13 @@ from ssmttm.audio import GrowingWav, audio_format, partial_path
 from ssmttm.beat_clock import no_clock, tempo_clock
 from ssmttm.codecs import Codec, codec_device, load_codec
 from ssmttm.conditioning import Conditioning
+from ssmttm.diffusion.pretrained import STAGE2_FOLDER, Stage2Error, load_stage2, save_stage2
 from ssmttm.files import replace_durably, staging_path
 from ssmttm.generation.generator import Generator
 from ssmttm.generation.precision import Precision, resolve_device
-from ssmttm.generation.renderer import CodecRenderer, Renderer
+from ssmttm.generation.renderer import CodecRenderer, Renderer, RenderRequest
 from ssmttm.generation.sampling import SamplingConfig
+from ssmttm.generation.stage2_renderer import Stage2Renderer
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
 from ssmttm.patterns import StreamingRevert
@@ -92,9 +94,17 @@ class TextToMusic:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, device: str = "cpu", precision: str | Precision = "fp32"
+        cls,
+        source: str | Path,
+        device: str = "cpu",
+        precision: str | Precision = "fp32",
+        stage2: str | Path | None = None,
     ) -> TextToMusic:
         """An exported model (folder or hub id) with the codec and text encoder its config names.
+
+        A two-stage model's folder holds its stage 2 (`stage2/`), which renders the LM's codes;
+        `stage2` names one to pair with a stage 1 that has none (the authors' K=1 checkpoints, once
+        imported), and must be for the same codec and text encoder.
 
         `device`: "cpu", "cuda", "cuda:N" or "auto"; it is the LM's and the text encoder's, and the
         codec's too unless it is a CPU-only one (`codecs.codec_device`). Audio always comes back on
@@ -108,13 +118,34 @@ class TextToMusic:
         kind = read_config(directory).model.backbone.kind
         precision = Precision.named(precision, kind) if isinstance(precision, str) else precision
         lm, config = load_pretrained(directory, device=device, dtype=torch.float32, linear_dtype=precision.weight_dtype)
-        codec = load_codec(config.codec, lm.cfg.num_codebooks, device=codec_device(config.codec, device))
+        stage2_dir = _stage2_folder(directory, config, stage2)
+        # A stage 2 renders all the codec's codebooks from the LM's first; a codec renders what the LM predicts.
+        codebooks = None if stage2_dir is not None else lm.cfg.num_codebooks
+        codec = load_codec(config.codec, codebooks, device=codec_device(config.codec, device))
         text_encoder = load_text_encoder(config.text_encoder, device, padding=config.text_padding)
-        model = cls(lm, codec, text_encoder, config, precision=precision)
+        renderer = None if stage2_dir is None else _stage2_renderer(stage2_dir, config, codec, device)
+        model = cls(lm, codec, text_encoder, config, precision=precision, renderer=renderer)
         model.source = str(source)
         return model
 
+    @property
+    def two_stage(self) -> bool:
+        return isinstance(self.renderer, Stage2Renderer)
+
     def save_pretrained(self, directory: str | Path) -> Path:
+        """The LM's folder, with its stage 2 in `stage2/` for a two-stage model."""
+        stage2 = ""
+        if isinstance(self.renderer, Stage2Renderer):
+            stage2 = STAGE2_FOLDER
+            s2 = self.renderer.config
+            save_stage2(
+                self.renderer.model,
+                Path(directory) / STAGE2_FOLDER,
+                codec=s2.codec,
+                text_encoder=s2.text_encoder,
+                trained_steps=s2.trained_steps,
+                source=s2.source,
+            )
         return save_pretrained(
             self.lm,
             directory,
@@ -124,6 +155,7 @@ class TextToMusic:
             trained_steps=self.config.trained_steps,
             source=self.config.source,
             text_padding=self.config.text_padding,
+            stage2=stage2,
         )
 
     @property
@@ -196,7 +228,7 @@ class TextToMusic:
             raise GenerationError("continuation audio needs its sample rate")
         wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         wav = wav.reshape(1, -1, wav.shape[-1]) if wav.dim() <= 2 else wav  # (1, C, N)
-        codes = self.codec.encode(wav.mean(dim=1, keepdim=True), rate)  # (1, K, P)
+        codes = self.codec.encode(wav.mean(dim=1, keepdim=True), rate)[:, : self.lm.cfg.num_codebooks]  # (1, K, P)
         if codes.shape[-1] >= frames:
             # The length in samples: in codec frames it is rounded up to a whole frame.
             seconds = wav.shape[-1] / rate
@@ -221,19 +253,37 @@ class TextToMusic:
     ) -> Tensor:
         """codes (B, K, T) for the prompts; `continuation` (C, N) audio at `continuation_rate` is
         encoded and continued, and the output starts with its frames."""
+        codes, _ = self._codes(prompts, duration, seed, continuation, continuation_rate, progress, **settings)
+        return codes
+
+    def _codes(self, prompts, duration, seed, continuation, continuation_rate, progress, **settings):
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
         cond = self.conditioning(prompts, sampling)
         codes = self._continuation(continuation, continuation_rate, cond.batch, duration, frames)
-        return self.generator.generate(
-            cond, frames, sampling=sampling, seed=seed, continuation=codes, progress=progress
-        )
+        out = self.generator.generate(cond, frames, sampling=sampling, seed=seed, continuation=codes, progress=progress)
+        return out, cond
 
-    def generate(self, prompts: str | Sequence[str], duration: float = 10.0, **kwargs) -> Tensor:
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        duration: float = 10.0,
+        *,
+        seed: int | Sequence[int] | None = None,
+        diffusion_steps: int | None = None,
+        diffusion_cfg: float | None = None,
+        continuation: Tensor | np.ndarray | None = None,
+        continuation_rate: int | None = None,
+        progress: bool = False,
+        **settings,
+    ) -> Tensor:
         """wav (B, 1, N) at `sample_rate`, N = duration x sample_rate; keywords as `generate_codes`
-        (seed, continuation, continuation_rate, progress, cfg_scale, temperature, top_k, top_p)."""
-        codes = self.generate_codes(prompts, duration, **kwargs)
-        wav = self.renderer.render(codes[:, : self.renderer.codebooks])  # (B, 1, N)
+        (seed, continuation, continuation_rate, progress, cfg_scale, temperature, top_k, top_p), and
+        for a two-stage model stage 2's `diffusion_steps` and `diffusion_cfg` (default: its own)."""
+        self.check_diffusion(diffusion_steps, diffusion_cfg)
+        codes, cond = self._codes(prompts, duration, seed, continuation, continuation_rate, progress, **settings)
+        request = self._request(cond, seed, diffusion_steps, diffusion_cfg)
+        wav = self.renderer.render(codes[:, : self.renderer.codebooks], request)  # (B, 1, N)
         return wav[..., : round(duration * self.sample_rate)].cpu()
 
     def stream(
@@ -245,20 +295,24 @@ class TextToMusic:
         continuation: Tensor | np.ndarray | None = None,
         continuation_rate: int | None = None,
         progress: bool = False,
+        diffusion_steps: int | None = None,
+        diffusion_cfg: float | None = None,
         **settings,
     ) -> Iterator[Tensor]:
         """Audio chunks (B, 1, n) as they are generated; joined, they equal `generate` (same seed).
 
         Frames go to the renderer's stream every `chunk_seconds`; only its context and the
-        pattern's staircase are held, so memory does not grow with the duration.
+        pattern's staircase are held, so memory does not grow with the duration. A two-stage
+        model's stream yields a window of stage 2 at a time (stage2_renderer.py says the latency).
         """
+        self.check_diffusion(diffusion_steps, diffusion_cfg)
         frames = self.num_frames(duration)
         sampling = self.sampling(**settings)
         cond = self.conditioning(prompts, sampling)
         codes = self._continuation(continuation, continuation_rate, cond.batch, duration, frames)
         chunk = max(1, round(chunk_seconds * self.frame_rate))
         revert = StreamingRevert(self.lm.pattern)
-        decoder = self.renderer.stream()
+        decoder = self.renderer.stream(self._request(cond, seed, diffusion_steps, diffusion_cfg))
         codebooks = self.renderer.codebooks
         pending: list[Tensor] = []
         remaining = round(duration * self.sample_rate)
@@ -278,6 +332,27 @@ class TextToMusic:
         audio = decoder.flush() if tail is None else torch.cat([tail, decoder.flush()], dim=-1)
         if audio[..., :remaining].shape[-1]:
             yield audio[..., :remaining].cpu()
+
+    def check_diffusion(self, steps: int | None, cfg_scale: float | None) -> None:
+        """A GenerationError for stage-2 settings a model cannot take: any, for a single-stage model."""
+        if steps is None and cfg_scale is None:
+            return
+        if not self.two_stage:
+            raise GenerationError(
+                f"{self.source} is a single-stage model: diffusion steps and guidance apply to two-stage models only"
+            )
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise GenerationError(f"diffusion steps {steps!r} must be a positive integer")
+        if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+            raise GenerationError(f"diffusion guidance {cfg_scale!r} must be finite and >= 0 (1 = none)")
+
+    def _request(
+        self, cond: Conditioning, seed: int | Sequence[int] | None, steps: int | None, cfg_scale: float | None
+    ) -> RenderRequest:
+        """The prompts' rows of the conditioning (not CFG's twins), for a renderer that reads text."""
+        rows = cond.batch
+        mask = None if cond.mask is None else cond.mask[:rows]
+        return RenderRequest(cond.text[:rows], mask, seed, steps, cfg_scale)
 
     def generate_to_file(self, prompt: str, path: str | Path, duration: float = 10.0, **kwargs) -> Path:
         """Generate one prompt straight into an audio file (wav, flac, mp3 or ogg, by extension),
@@ -353,3 +428,37 @@ def _check_parts(lm: MusicLM, codec: Codec, renderer: Renderer, text_encoder: Te
         raise GenerationError(f"text encoder gives {text_encoder.dim}-d embeddings; the model reads {cfg.text_dim}")
     if text_encoder.padding == "release" and cfg.text_mask != "ignore":
         raise GenerationError("release text padding feeds padded positions to the LM: it needs text_mask ignore")
+
+
+def _stage2_folder(directory: Path, config: PretrainedConfig, given: str | Path | None) -> Path | None:
+    """The stage-2 folder to render with: the one given, the one the model's config names, or none
+    (a single-stage model); a GenerationError when the config names one that is not there."""
+    if given is not None:
+        return Path(given)
+    if not config.stage2:
+        return None
+    folder = directory / config.stage2
+    if not folder.is_dir():
+        raise GenerationError(
+            f"{directory} is stage 1 of a two-stage model and its stage 2 ({folder}) is missing: "
+            "restore it, or pass one with --stage2 PATH"
+        )
+    return folder
+
+
+def _stage2_renderer(folder: Path, config: PretrainedConfig, codec: Codec, device: str) -> Stage2Renderer:
+    """Stage 2 from `folder`, checked against stage 1: the same codec and text encoder."""
+    try:
+        model, s2 = load_stage2(folder, device)
+    except Stage2Error as err:
+        raise GenerationError(str(err)) from None
+    for what, mine, theirs in (
+        ("codec", s2.codec, config.codec),
+        ("text encoder", s2.text_encoder, config.text_encoder),
+    ):
+        if mine != theirs:
+            raise GenerationError(f"stage 2 in {folder} was trained for {what} {mine!r}; stage 1 uses {theirs!r}")
+    try:
+        return Stage2Renderer(codec, model, s2)
+    except ValueError as err:
+        raise GenerationError(str(err)) from None

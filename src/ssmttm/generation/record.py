@@ -10,6 +10,7 @@ import torch
 
 from ssmttm.config import SamplingConfig
 from ssmttm.generation.precision import dtype_name
+from ssmttm.generation.stage2_renderer import Stage2Renderer
 
 if TYPE_CHECKING:
     from ssmttm.generation.pipeline import TextToMusic
@@ -24,9 +25,12 @@ def generation_record(
     sampling: SamplingConfig,
     elapsed: float,
     continue_from: str | Path | None = None,
+    diffusion_steps: int | None = None,
+    diffusion_cfg: float | None = None,
 ) -> dict[str, Any]:
-    """The prompt, the settings, the model's parts and what it decoded in, and the time it took."""
-    return {
+    """The prompt, the settings, the model's parts and what it decoded in, and the time it took;
+    for a two-stage model, stage 2's settings too (`stage2`)."""
+    record = {
         "prompt": prompt,
         "seed": seed,
         "duration_s": duration,
@@ -49,3 +53,15 @@ def generation_record(
         "state_dtype": dtype_name(model.generator.state_dtype or torch.float32),
         "torch_threads": torch.get_num_threads(),
     }
+    renderer = model.renderer
+    if isinstance(renderer, Stage2Renderer):
+        cfg = renderer.model.cfg
+        record["stage2"] = {
+            "source": renderer.config.source,
+            "trained_steps": renderer.config.trained_steps,
+            "steps": cfg.steps if diffusion_steps is None else diffusion_steps,
+            "cfg_scale": cfg.cfg_scale if diffusion_cfg is None else diffusion_cfg,
+            "window_frames": cfg.window_frames,
+            "overlap_frames": cfg.overlap_frames,
+        }
+    return record

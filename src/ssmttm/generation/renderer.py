@@ -3,17 +3,32 @@
 `TextToMusic` calls nothing else to make sound: `render` for a whole clip, `stream` for audio while
 codes arrive (which `generate_to_file` writes chunk by chunk for long form). A renderer says how
 many of the LM's codebooks it reads, the first `codebooks` of them, so an LM can predict more
-codebooks than a renderer needs, or (two-stage generation) a renderer can synthesise what the LM
-leaves out. `CodecRenderer` decodes with a codec, which is what every model does today.
+codebooks than a renderer needs, or (two-stage generation, stage2_renderer.py) a renderer can
+synthesise what the LM leaves out. Each call gets the request's `RenderRequest`: the prompts' text
+and the seed, which a codec ignores and a stage 2 is conditioned on. `CodecRenderer` decodes with a
+codec, which is what a single-stage model does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
 from ssmttm.codecs import Codec
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """What a renderer may read besides the codes, for B prompts."""
+
+    text: Tensor  # (B, L, E) the prompts' embeddings (not CFG's unconditional rows)
+    mask: Tensor | None  # (B, L) True at real positions; None: all real
+    seed: int | Sequence[int] | None = None  # the generation's seed(s), for a renderer that samples
+    steps: int | None = None  # a sampling renderer's steps (diffusion); None: its own default
+    cfg_scale: float | None = None  # a sampling renderer's guidance on the text; None: its own default
 
 
 @runtime_checkable
@@ -37,11 +52,11 @@ class Renderer(Protocol):
     codebooks: int  # how many of the LM's codebooks it reads: the first `codebooks`
     cardinality: int  # entries per codebook
 
-    def render(self, codes: Tensor) -> Tensor:
+    def render(self, codes: Tensor, request: RenderRequest | None = None) -> Tensor:
         """codes (B, codebooks, T) -> wav (B, 1, N) float32 at `sample_rate`."""
         ...
 
-    def stream(self) -> RenderStream: ...
+    def stream(self, request: RenderRequest | None = None) -> RenderStream: ...
 
 
 class CodecRenderer:
@@ -55,8 +70,8 @@ class CodecRenderer:
         self.codebooks = codec.num_codebooks
         self.cardinality = codec.cardinality
 
-    def render(self, codes: Tensor) -> Tensor:
+    def render(self, codes: Tensor, request: RenderRequest | None = None) -> Tensor:
         return self.codec.decode(codes)
 
-    def stream(self) -> RenderStream:
+    def stream(self, request: RenderRequest | None = None) -> RenderStream:
         return self.codec.stream_decoder()
