@@ -66,7 +66,7 @@ def test_every_training_config_resolves_and_paper_ones_keep_the_recipe():
     from ssmttm.training.config import load_train_config
 
     configs = sorted((PRESET_DIR / "train").glob("*.yaml"))
-    assert len(configs) == 11
+    assert len(configs) == 12
     for path in configs:
         config = load_train_config(path)
         model = read_yaml(path)["model"]

@@ -15,7 +15,7 @@ from test_prepare_latents import config as prepare_config
 
 from ssmttm.audio import save_audio
 from ssmttm.config import ConfigError
-from ssmttm.data.prepare import prepare
+from ssmttm.data.prepare import PrepareConfig, prepare
 from ssmttm.diffusion import Stage2Model
 from ssmttm.diffusion.pretrained import load_stage2
 from ssmttm.training.config import resolve
@@ -132,3 +132,45 @@ def test_a_collection_without_latents_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="prepare --latents"):
         Trainer(resolve(stage2_config(tmp_path / "plain")), tmp_path / "run").fit()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # a tiny DAC prepares and renders in about 17 s
+def test_the_dac_recipe_trains_exports_and_renders_on_a_tiny_random_dac(tiny_dac_dir, tiny_t5_dir, tmp_path):
+    """configs/train/dac-stage2.yaml as it ships, shrunk to the tiny DAC (4 codebooks of 16, 4-d
+    latents: a 12-channel residual) and a tiny T5 of the paper's width, on the CPU."""
+    from ssmttm.codecs import load_codec
+    from ssmttm.generation.renderer import RenderRequest
+    from ssmttm.generation.stage2_renderer import Stage2Renderer
+    from ssmttm.text import load_text_encoder
+    from ssmttm.training.config import load_train_config
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    rows = []
+    for k in range(6):
+        t = np.arange(16000 * 2) / 16000
+        save_audio(root / f"clip{k}.wav", (0.3 * np.sin(2 * np.pi * 220 * (k + 1) * t))[None].astype(np.float32), 16000)
+        rows.append({"file": f"clip{k}.wav", "caption": f"tone {k}", "song": f"song{k}"})
+    (root / "meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    collection = tmp_path / "prepared"
+    settings = {"captions": str(root / "meta.jsonl"), "validation_fraction": 0.34, "items_per_unit": 2}
+    prepare(PrepareConfig(source=str(root), out=str(collection), codec=str(tiny_dac_dir), latents=True, **settings))
+    tiny = [
+        f"data.collection={collection}", f"data.text_encoder={tiny_t5_dir}", "data.workers=0",
+        "data.window_seconds=0.05",
+        "model.denoiser.latent_dim=12", "model.denoiser.cardinality=16", "model.denoiser.d_model=32",
+        "model.denoiser.n_layers=2", "model.denoiser.n_heads=2", "model.window_frames=64", "model.overlap_frames=16",
+        "schedule.max_steps=2", "schedule.warmup_steps=0", "run.batch_size=2", "run.micro_batch_size=2",
+        "run.accelerator=cpu", "run.precision=32-true",
+    ]  # fmt: skip
+    config = load_train_config("configs/train/dac-stage2.yaml", tiny)
+    assert config.task == "stage2" and config.model.denoiser.text_dim == 768
+    assert Trainer(config, tmp_path / "run").fit().step == 2
+    model, s2 = load_stage2(export_run(tmp_path / "run", tmp_path / "stage2"))
+    codec = load_codec(str(tiny_dac_dir))
+    assert s2.codec == str(tiny_dac_dir) and codec.latent_layout == "stacked"
+    renderer = Stage2Renderer(codec, model, s2)
+    text, mask = load_text_encoder(str(tiny_t5_dir)).embed(["tone 1"])
+    coarse = torch.randint(16, (1, 1, 100))
+    wav = renderer.render(coarse, RenderRequest(text, mask, seed=0, steps=2))
+    assert wav.shape == (1, 1, 100 * codec.hop_length) and torch.isfinite(wav).all()
