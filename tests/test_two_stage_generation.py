@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
@@ -146,3 +148,30 @@ def test_a_single_stage_model_given_diffusion_steps_is_a_clear_error(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "is a single-stage model: diffusion steps and guidance apply to two-stage models only" in err
     assert len(err.splitlines()) == 1
+
+
+LONG_FORM = """
+import resource, sys
+from ssmttm.generation.pipeline import TextToMusic
+model = TextToMusic.from_pretrained(sys.argv[1])
+model.generate_to_file("slow ambient", sys.argv[2], duration=float(sys.argv[3]), seed=0, chunk_seconds=2.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow  # 330 s of audio through both stages: about a minute
+def test_two_stage_long_form_memory_does_not_grow_with_duration(two_stage, tmp_path):
+    peaks = {}
+    for seconds in (30, 300):
+        out = tmp_path / f"{seconds}.flac"
+        done = subprocess.run(
+            [sys.executable, "-c", LONG_FORM, str(two_stage), str(out), str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        )
+        peaks[seconds] = int(done.stdout.split()[-1])  # KiB
+        assert sf.info(str(out)).duration == pytest.approx(seconds, abs=0.01)
+    # 300 s of latents held would add 300 * 43 * 89 * 4 bytes = 4.6 MB, the audio 26 MB more
+    assert abs(peaks[300] - peaks[30]) < 0.05 * peaks[30], peaks
