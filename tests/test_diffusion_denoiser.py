@@ -196,3 +196,17 @@ def test_the_package_imports_no_model_room_nor_diffusers_up_front():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_training_contexts_are_known_prefixes_of_the_clean_latents():
+    from ssmttm.diffusion.flow import draw_context
+
+    torch.manual_seed(0)
+    x0 = torch.randn(2000, DIM, 12)
+    context, mask = draw_context(x0, 0.5, max_frames=4)
+    lengths = mask.sum(dim=1)
+    assert 0.45 < (lengths > 0).float().mean() < 0.55 and lengths.max() == 4
+    assert torch.equal(mask, torch.arange(12)[None] < lengths[:, None])  # prefixes
+    assert torch.equal(context, x0 * mask[:, None])
+    assert not draw_context(x0, 0.0, 4)[1].any()
+    assert draw_context(x0[:, :, :3], 1.0, max_frames=10)[1].sum(dim=1).max() == 2  # never the whole window

@@ -46,6 +46,9 @@ class Stage2Config:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     objective: Literal["flow"] = "flow"  # rectified flow: x_t = (1 - t) x0 + t noise, target noise - x0
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"  # SD3's, mean 0 std 1
+    # Training rows that get a known prefix (up to overlap_frames long), as every window after the
+    # first has at sampling: the model learns to continue it.
+    context_probability: float = 0.5
     steps: int = 25  # a placeholder: the caller chooses the step count by measurement
     cfg_scale: float = 2.0  # classifier-free guidance on the text; 1 means none
     window_frames: int = 430  # 10 s at 43 frames/s
@@ -53,6 +56,8 @@ class Stage2Config:
 
     def __post_init__(self) -> None:
         check_sampling(self.steps, self.cfg_scale)
+        if not 0 <= self.context_probability <= 1:
+            raise ConfigError(f"context_probability {self.context_probability:g} must be in [0, 1]")
         check_windows(self.window_frames, self.overlap_frames)
 
 

@@ -1,7 +1,10 @@
 """The stage-2 denoiser: a small non-causal DiT over frames (Peebles & Xie, 2023).
 
-Each frame's input is its noisy latent and its coarse token from stage 1; the diffusion time
-reaches every block through adaLN-Zero modulation; the text reaches it by cross-attention. The
+Each frame's input is its noisy latent, its coarse token from stage 1 and, where the frame is
+already known (the overlap a window shares with the one before it), that frame's clean latent
+and a flag: the model is trained to continue what was rendered, not only to have it pasted in
+(flow.py draws such contexts). The diffusion time reaches every block through adaLN-Zero
+modulation; the text reaches it by cross-attention. The
 text memory always ends with a learned null token, so a row whose mask has no True (the null
 condition, which caption dropout and CFG's unconditional branch use) attends to that token alone
 and never to an empty set. Self-attention is non-causal with rotary positions, so a window of any
@@ -90,7 +93,7 @@ class Denoiser(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.coarse_embedding = nn.Embedding(cfg.cardinality, d)
-        self.in_proj = nn.Linear(cfg.latent_dim + d, d)
+        self.in_proj = nn.Linear(2 * cfg.latent_dim + 1 + d, d)  # x_t, the context and its flag, the token
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_proj = nn.Linear(cfg.text_dim, d)
         self.text_norm = nn.LayerNorm(d)
@@ -111,12 +114,19 @@ class Denoiser(nn.Module):
         text: Tensor,
         text_mask: Tensor | None = None,
         frame_mask: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
     ) -> Tensor:
         """x_t (B, D, T) float, t (B,) in [0, 1], coarse (B, T) int64, text (B, L, E), text_mask (B, L)
         bool (True = real; None = all real; a row with no True is the null condition), frame_mask
-        (B, T) bool (True = real frame; None = all real) -> v (B, D, T)."""
+        (B, T) bool (True = real frame; None = all real), context (B, D, T) the clean latents of the
+        frames already known, where context_mask (B, T) is True (None: none known) -> v (B, D, T)."""
         emb = self.coarse_embedding(coarse)  # (B, T, d)
-        x = self.in_proj(torch.cat([x_t.transpose(1, 2), emb.to(x_t.dtype)], dim=-1))  # (B, T, d)
+        if context is None or context_mask is None:
+            context, context_mask = torch.zeros_like(x_t), torch.zeros(x_t.shape[0], x_t.shape[2], dtype=torch.bool)
+        flag = context_mask.to(device=x_t.device, dtype=x_t.dtype)[..., None]  # (B, T, 1)
+        known = context.transpose(1, 2).to(x_t.dtype) * flag  # (B, T, D): zero where unknown
+        x = self.in_proj(torch.cat([x_t.transpose(1, 2), known, flag, emb.to(x_t.dtype)], dim=-1))  # (B, T, d)
         c = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(x.dtype))  # (B, d)
         memory = self._memory(text, text_mask)
         for block in self.blocks:
@@ -146,7 +156,7 @@ def denoiser_flops(cfg: DenoiserConfig, frames: int, text_len: int) -> float:
         + matmul_flops(1, d, 6 * d)  # adaLN modulation, once per row
     )
     return (
-        matmul_flops(frames, cfg.latent_dim + d, d)  # in_proj
+        matmul_flops(frames, 2 * cfg.latent_dim + 1 + d, d)  # in_proj
         + 2 * matmul_flops(1, d, d)  # time MLP
         + matmul_flops(text_len, cfg.text_dim, d)  # text_proj
         + cfg.n_layers * per_block

@@ -35,6 +35,19 @@ def drop_captions(text_mask: Tensor, probability: float) -> Tensor:
     return text_mask & keep
 
 
+def draw_context(x0: Tensor, probability: float, max_frames: int) -> tuple[Tensor, Tensor]:
+    """Known prefixes for training: each row, with `probability`, gets its first n frames as context,
+    n uniform in 1..max_frames (and short of the whole window). -> context (B, D, T), mask (B, T)."""
+    batch, _, frames = x0.shape
+    longest = min(max_frames, frames - 1)
+    chosen = torch.rand(batch, device=x0.device) < probability  # (B,)
+    if longest < 1:
+        chosen = torch.zeros_like(chosen)
+    length = torch.randint(1, max(longest, 1) + 1, (batch,), device=x0.device) * chosen  # (B,) 0 = none
+    mask = torch.arange(frames, device=x0.device)[None] < length[:, None]  # (B, T)
+    return x0 * mask[:, None].to(x0.dtype), mask
+
+
 def flow_loss(
     model: Denoiser,
     x0: Tensor,
@@ -46,16 +59,19 @@ def flow_loss(
 ) -> FlowLoss:
     """x0 (B, D, T) normalised latents (Stage2Model.training_loss normalises codec latents); coarse
     (B, T); text (B, L, E) with text_mask (B, L) (None = all real); frame_mask (B, T) True on real
-    frames (None = all). Caption dropout applies in training mode."""
+    frames (None = all). In training mode captions are dropped and known prefixes drawn
+    (`draw_context`); evaluation scores every frame with no context, so that it is the same sum."""
     if text_mask is None:
         text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
     if model.training:
         text_mask = drop_captions(text_mask, cfg.denoiser.caption_dropout)
     t = sample_timesteps(x0.shape[0], cfg, x0.device).to(x0.dtype)  # (B,)
     noise = torch.randn_like(x0)  # (B, D, T)
+    context, context_mask = draw_context(x0, cfg.context_probability if model.training else 0.0, cfg.overlap_frames)
     x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise  # (B, D, T)
-    error = (model(x_t, t, coarse, text, text_mask, frame_mask) - (noise - x0)).square()  # (B, D, T)
-    if frame_mask is None:
-        return FlowLoss(error.mean(), t)
-    weight = frame_mask[:, None, :].to(error.dtype)  # (B, 1, T)
+    v = model(x_t, t, coarse, text, text_mask, frame_mask, context, context_mask)  # (B, D, T)
+    error = (v - (noise - x0)).square()  # (B, D, T)
+    # The known frames are given, not generated: only the others count.
+    scored = ~context_mask if frame_mask is None else frame_mask & ~context_mask  # (B, T)
+    weight = scored[:, None, :].to(error.dtype)  # (B, 1, T)
     return FlowLoss((error * weight).sum() / (weight.sum() * error.shape[1]).clamp(min=1), t)

@@ -37,17 +37,27 @@ def make_scheduler(steps: int, device: torch.device | str = "cpu") -> FlowMatchE
 
 
 def guided_velocity(
-    model: Denoiser, x: Tensor, sigma: Tensor, coarse: Tensor, text: Tensor, text_mask: Tensor, cfg_scale: float
+    model: Denoiser,
+    x: Tensor,
+    sigma: Tensor,
+    coarse: Tensor,
+    text: Tensor,
+    text_mask: Tensor,
+    cfg_scale: float,
+    context: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """v = v_uncond + s (v_cond - v_uncond), both branches in one batch; at s = 1 only the conditional
-    rows run. The null condition is the same text with an all-False mask. x (B, D, T) -> (B, D, T)."""
+    rows run. The null condition is the same text with an all-False mask; both branches see the
+    `context` (latents (B, D, T), mask (B, T)): it is audio, not text. x (B, D, T) -> (B, D, T)."""
     t = sigma.to(x.dtype).expand(x.shape[0])  # (B,)
+    known, known_mask = (None, None) if context is None else context
     if cfg_scale == 1:
-        return model(x, t, coarse, text, text_mask)
+        return model(x, t, coarse, text, text_mask, None, known, known_mask)
     null_mask = torch.zeros_like(text_mask)
+    twice = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
     v = model(  # (2B, D, T)
-        torch.cat([x, x]), torch.cat([t, t]), torch.cat([coarse, coarse]), torch.cat([text, text]),
-        torch.cat([text_mask, null_mask]),
+        twice(x), twice(t), twice(coarse), twice(text), torch.cat([text_mask, null_mask]), None,
+        twice(known), twice(known_mask),
     )  # fmt: skip
     cond, uncond = v.chunk(2)  # 2 x (B, D, T)
     return uncond + cfg_scale * (cond - uncond)
@@ -67,8 +77,9 @@ def sample(
 ) -> Tensor:
     """x0 (B, D, T) in the normalised latent space, for coarse (B, T) and text (B, L, E) with text_mask
     (B, L) (None = all real). The noise is one Gaussian draw from `generator` (on its device, then moved).
-    known (B, D, T0), T0 <= T: normalised latents of the first T0 frames; before every step they are
-    replaced by `known` noised to the step's sigma with the same noise draw, and the result holds them exactly."""
+    known (B, D, T0), T0 <= T: normalised latents of the first T0 frames. The model is given them as
+    context (what it was trained to continue), and before every step they are also replaced by
+    `known` noised to the step's sigma with the same noise draw; the result holds them exactly."""
     check_sampling(steps, cfg_scale)
     batch, frames = coarse.shape
     dim, device = model.cfg.latent_dim, coarse.device
@@ -77,13 +88,17 @@ def sample(
     if known is not None and (known.shape[:2] != (batch, dim) or known.shape[2] > frames):
         raise ValueError(f"known {tuple(known.shape)} does not fit a window of {(batch, dim, frames)}")
     noise = torch.randn(batch, dim, frames, generator=generator, device=generator.device).to(device)  # (B, D, T)
+    context = None
+    if known is not None:  # the model is told what is known, and the known frames are also pasted in
+        context_mask = (torch.arange(frames, device=device) < known.shape[-1]).expand(batch, -1)  # (B, T)
+        context = (torch.nn.functional.pad(known, (0, frames - known.shape[-1])), context_mask)
     scheduler = make_scheduler(steps, device)
     x = noise
     for i, timestep in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i]
         if known is not None:
             x = _inpaint(x, known, noise, sigma)
-        v = guided_velocity(model, x, sigma, coarse, text, text_mask, cfg_scale)  # (B, D, T)
+        v = guided_velocity(model, x, sigma, coarse, text, text_mask, cfg_scale, context)  # (B, D, T)
         x = scheduler.step(v, timestep, x, return_dict=False)[0]  # x + (sigma_next - sigma) v
     return x if known is None else _inpaint(x, known, noise, torch.zeros(()))
 
