@@ -3,6 +3,7 @@ a shuffled-caption control and two floors.
 
     python benchmarks/evaluate_demo.py            # about 3 minutes on 2 cores once its corpora are rendered
     python benchmarks/evaluate_demo.py --quick    # a smoke run
+    python benchmarks/evaluate_demo.py --model models/demo-two-stage   # another model, two-stage ones too
 
 Prompts are the captions of `--prompts` pieces of synthetic corpus seed 12 drawn only from the
 combinations held out of the demo model's training corpus (as text_following.py picks them); the
@@ -168,6 +169,12 @@ def main() -> int:
     parser.add_argument("--classifier-clips", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12 prompts, 200 classifier clips")
     parser.add_argument("--work", default="benchmarks/.cache/evaluate-demo")
+    parser.add_argument(
+        "--model",
+        default=str(DEMO_MODEL),
+        help="the model to evaluate (default: the shipped demo); a two-stage one too",
+    )
+    parser.add_argument("--diffusion-steps", type=int, help="a two-stage model's stage-2 steps (default: its own)")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.classifier_clips = 12, 200
@@ -176,7 +183,8 @@ def main() -> int:
     work = Path(args.work) / f"{args.duration:g}s"
     torch.set_num_threads(2)
 
-    model = TextToMusic.from_pretrained(DEMO_MODEL)
+    model = TextToMusic.from_pretrained(args.model)
+    diffusion = {} if args.diffusion_steps is None else {"diffusion_steps": args.diffusion_steps}
     fit = corpus(work / "classifier-corpus", args.classifier_clips, 11, False, args.duration)
     fx = np.stack([clip_features(model.codec, audio_codes(model.codec, *load_audio(r["path"]))) for r in fit])
     classifiers, check = fit_classifiers(fx, {n: [r[n] for r in fit] for n in LABELS})
@@ -195,7 +203,7 @@ def main() -> int:
     for seed, real_seed in zip(SEEDS, REAL_SEEDS, strict=True):
         shuffle = derangement(reference, np.random.default_rng(seed))
         for condition, texts in (("true", captions), ("shuffled", [captions[j] for j in shuffle])):
-            wavs = model.generate(texts, args.duration, seed=seed).numpy()  # (B, 1, N)
+            wavs = model.generate(texts, args.duration, seed=seed, **diffusion).numpy()  # (B, 1, N)
             scored = [scorer.clip(w, model.sample_rate) for w in wavs]
             results[condition].append(metrics(scored, reference, ref_scored, captions))
         results["codec"].append(metrics(codec_scored, reference, ref_scored, captions))
@@ -207,7 +215,8 @@ def main() -> int:
 
     combos = sorted({(r["style"], r["lead"]) for r in reference})
     print(
-        f"demo model ({DEMO_MODEL.name}), {len(reference)} prompts of corpus seed 12 from {len(combos)} held-out "
+        f"model {args.model}{' (two-stage)' if model.two_stage else ''}, {len(reference)} prompts of corpus seed 12 "
+        f"from {len(combos)} held-out "
         f"combinations, {args.duration:g} s, {len(reference)} clips per condition, seeds {list(SEEDS)} "
         f"(real: corpus seeds {list(REAL_SEEDS)})"
     )
