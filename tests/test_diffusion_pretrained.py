@@ -61,3 +61,14 @@ def test_the_config_alone_reads_without_the_weights(saved):
     _, folder = saved
     (folder / "model.safetensors").unlink()
     assert read_stage2_config(folder).model.denoiser == tiny()
+
+
+def test_weights_stored_in_bf16_load_in_float32(saved):
+    from safetensors.torch import load_file, save_file
+
+    model, folder = saved
+    path = folder / "model.safetensors"
+    save_file({k: v.bfloat16() for k, v in load_file(path).items()}, path)  # half the bytes
+    loaded, _ = load_stage2(folder)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    torch.testing.assert_close(loaded.latent_mean, model.latent_mean)

@@ -95,7 +95,8 @@ def load_stage2(directory: str | Path, device: str | torch.device = "cpu") -> tu
         raise Stage2Error(f"{directory} has no {WEIGHTS}: not a complete stage-2 export")
     with torch.device("meta"):
         model = Stage2Model(config.model)
-    state = read_weights(directory / WEIGHTS, error=Stage2Error)
+    # In float32 whatever the file holds: a shipped model may be stored in bf16 to halve its size.
+    state = read_weights(directory / WEIGHTS, lambda _, t: t.float() if t.is_floating_point() else t, Stage2Error)
     problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise Stage2Error(f"{directory / WEIGHTS} does not match its config.json: {'; '.join(problems)}")
