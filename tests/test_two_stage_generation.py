@@ -175,3 +175,13 @@ def test_two_stage_long_form_memory_does_not_grow_with_duration(two_stage, tmp_p
         assert sf.info(str(out)).duration == pytest.approx(seconds, abs=0.01)
     # 300 s of latents held would add 300 * 43 * 89 * 4 bytes = 4.6 MB, the audio 26 MB more
     assert abs(peaks[300] - peaks[30]) < 0.05 * peaks[30], peaks
+
+
+def test_a_two_stage_model_continues_a_clip(model):
+    clip = model.generate("calm piano", duration=1.0, seed=4)[0].numpy()  # (1, N)
+    wav = model.generate("calm piano", duration=2.0, seed=5, continuation=clip, continuation_rate=model.sample_rate)
+    assert wav.shape == (1, 1, 2 * model.sample_rate) and torch.isfinite(wav).all()
+    # the continuation's codebook 1 leads the codes that stage 2 renders
+    codes = model.generate_codes("calm piano", 2.0, seed=5, continuation=clip, continuation_rate=model.sample_rate)
+    encoded = model.codec.encode(torch.from_numpy(clip)[None], model.sample_rate)[:, :1]
+    assert torch.equal(codes[..., : encoded.shape[-1]], encoded)
