@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ssmttm.beat_clock import tempo_clock
-from ssmttm.data.dataset import TokenWindows
+from ssmttm.config import ConfigError
+from ssmttm.data.dataset import LatentWindows, TokenWindows
 from ssmttm.data.shards import MANIFEST, PLAN
-from ssmttm.text import EmbeddingCache, TextEncoder, pad_left
+from ssmttm.text import EmbeddingCache, TextEncoder, load_text_encoder, pad_left
 from ssmttm.text.stated_tempo import stated_bpm
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ class EncoderKey:
 
 
 class CaptionedWindows(Dataset):
-    """TokenWindows items plus "text": (L_i, D) float32, the caption's cached embedding, and "clock":
-    (2,) the beat clock of the tempo the caption states (beat_clock.py), NaN when it states none."""
+    """Windows' items (TokenWindows' or LatentWindows') plus "text": (L_i, D) float32, the caption's
+    cached embedding, and "clock": (2,) the beat clock of the tempo the caption states
+    (beat_clock.py), NaN when it states none."""
 
-    def __init__(self, windows: TokenWindows, cache: EmbeddingCache, key: EncoderKey) -> None:
+    def __init__(self, windows: TokenWindows | LatentWindows, cache: EmbeddingCache, key: EncoderKey) -> None:
         self.windows, self.cache, self.key = windows, cache, key
 
     def __len__(self) -> int:
@@ -86,6 +88,23 @@ def require_prepared(collection: str | Path) -> None:
         f"(for the synthetic corpus: `ssmttm data synth --n 1000 --seed 1 --out corpus`, then prepare "
         f"with --source corpus); `ssmttm data merge --out {root}` if it was prepared in shares"
     )
+
+
+def captioned_splits(
+    windows: dict[str, TokenWindows | LatentWindows], data: Any, fabric: Any, text_dim: int, dim_key: str
+) -> tuple[dict[str, CaptionedWindows], TextEncoder]:
+    """Each split's windows with their captions' cached embeddings: the encoder `data.text_encoder`
+    (checked to give `text_dim`, the config key `dim_key`), every caption encoded once, by one
+    process, into `data.embedding_cache` (default: the collection's text-embeddings/)."""
+    encoder = load_text_encoder(data.text_encoder, "cpu", data.max_text_tokens or None)
+    if encoder.dim != text_dim:
+        raise ConfigError(f"text encoder {data.text_encoder} gives {encoder.dim}-d embeddings; {dim_key} is {text_dim}")
+    cache = EmbeddingCache(data.embedding_cache or Path(data.collection) / "text-embeddings")
+    if fabric.global_rank == 0:  # one process encodes; the others read the files it wrote
+        fill_cache(encoder, cache, [r["caption"] for w in windows.values() for r in w.records])
+    fabric.barrier()
+    key = EncoderKey(encoder.id, encoder.dim)
+    return {split: CaptionedWindows(w, cache, key) for split, w in windows.items()}, encoder
 
 
 def fill_cache(encoder: TextEncoder, cache: EmbeddingCache, captions: list[str], batch: int = 64) -> None:

@@ -22,9 +22,8 @@ from ssmttm.hub import first_line
 from ssmttm.lm import LMConfig, MusicLM
 from ssmttm.presets import load_preset
 from ssmttm.pretrained import PretrainedError, load_weights, save_pretrained
-from ssmttm.text import EmbeddingCache, load_text_encoder
 from ssmttm.training.config import DataConfig, TrainConfig
-from ssmttm.training.data import CaptionedWindows, EncoderKey, collate, fill_cache, require_prepared
+from ssmttm.training.data import captioned_splits, collate, require_prepared
 from ssmttm.training.flops import forward_flops
 from ssmttm.training.task import Task, TaskData, TaskLoss, Trained
 from ssmttm.weights import state_dict_problems
@@ -81,21 +80,10 @@ class LMTask(Task):
             )
             for split in (data.train_split, data.val_split)
         }
-        encoder = load_text_encoder(data.text_encoder, "cpu", data.max_text_tokens or None)
-        if encoder.dim != cfg.model.text_dim:
-            raise ConfigError(
-                f"text encoder {data.text_encoder} gives {encoder.dim}-d embeddings; "
-                f"model.text_dim is {cfg.model.text_dim}"
-            )
-        cache = EmbeddingCache(data.embedding_cache or Path(data.collection) / "text-embeddings")
-        if fabric.global_rank == 0:  # one process encodes; the others read the files it wrote
-            captions = [r["caption"] for w in windows.values() for r in w.records]
-            fill_cache(encoder, cache, captions)
-        fabric.barrier()
-        key = EncoderKey(encoder.id, encoder.dim)
+        captioned, encoder = captioned_splits(windows, data, fabric, cfg.model.text_dim, "model.text_dim")
         return TaskData(
-            train=CaptionedWindows(windows[data.train_split], cache, key),
-            val=CaptionedWindows(windows[data.val_split], cache, key),
+            train=captioned[data.train_split],
+            val=captioned[data.val_split],
             collate=collate,
             workers=data.workers,
             info={

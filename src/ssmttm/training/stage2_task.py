@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ssmttm.config import ConfigError
 from ssmttm.data.dataset import LatentWindows, latent_statistics
 from ssmttm.data.shards import TokenStore
 from ssmttm.diffusion import Stage2Config, Stage2Model, denoiser_flops
 from ssmttm.diffusion.pretrained import save_stage2
-from ssmttm.text import EmbeddingCache, load_text_encoder, pad_left
+from ssmttm.text import pad_left
 from ssmttm.training.config import TrainConfig
-from ssmttm.training.data import EncoderKey, fill_cache, require_prepared
+from ssmttm.training.data import captioned_splits, require_prepared
 from ssmttm.training.task import Task, TaskData, TaskLoss, Trained
 
 if TYPE_CHECKING:
@@ -59,26 +58,6 @@ class Stage2TrainConfig(TrainConfig):
     task: str = "stage2"
     model: Stage2Config = field(default_factory=Stage2Config)
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
-
-
-class CaptionedLatents(Dataset):
-    """LatentWindows items plus "text": (L_i, E) float32, the caption's cached embedding."""
-
-    def __init__(self, windows: LatentWindows, cache: EmbeddingCache, key: EncoderKey) -> None:
-        self.windows, self.cache, self.key = windows, cache, key
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.windows.set_epoch(epoch)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.windows[index]
-        emb = self.cache.get(self.key, item["caption"])  # type: ignore[arg-type]
-        if emb is None:
-            raise RuntimeError(f"caption of {item['id']} is not in the embedding cache {self.cache.root}")
-        return {**item, "text": emb}
 
 
 def collate_latents(items: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -123,16 +102,7 @@ class Stage2Task(Task):
             split: LatentWindows(data.collection, split, frames, cfg.run.seed)
             for split in (data.train_split, data.val_split)
         }
-        encoder = load_text_encoder(data.text_encoder, "cpu", data.max_text_tokens or None)
-        if encoder.dim != denoiser.text_dim:
-            raise ConfigError(
-                f"text encoder {data.text_encoder} gives {encoder.dim}-d embeddings; model.denoiser.text_dim is "
-                f"{denoiser.text_dim}"
-            )
-        cache = EmbeddingCache(data.embedding_cache or Path(data.collection) / "text-embeddings")
-        if fabric.global_rank == 0:
-            fill_cache(encoder, cache, [r["caption"] for w in windows.values() for r in w.records])
-        fabric.barrier()
+        captioned, encoder = captioned_splits(windows, data, fabric, denoiser.text_dim, "model.denoiser.text_dim")
         mean, std = latent_statistics(data.collection, data.train_split)
         # A channel nearly constant in the training clips (a semitone no training piece plays) would
         # scale the same channel of any other clip by up to 1 / STD_FLOOR; at least a tenth of the
@@ -140,10 +110,9 @@ class Stage2Task(Task):
         std = np.maximum(std, RELATIVE_STD_FLOOR * std.mean())
         self._statistics = (torch.from_numpy(mean).float(), torch.from_numpy(std).float())
         log.info("latent statistics over the training split: std %.3f to %.3f", float(std.min()), float(std.max()))
-        key = EncoderKey(encoder.id, encoder.dim)
         return TaskData(
-            train=CaptionedLatents(windows[data.train_split], cache, key),
-            val=CaptionedLatents(windows[data.val_split], cache, key),
+            train=captioned[data.train_split],
+            val=captioned[data.val_split],
             collate=collate_latents,
             workers=data.workers,
             info={
