@@ -12,6 +12,7 @@ import sys
 import pytest
 import soundfile as sf
 import torch
+from test_pipeline import LONG_FORM  # the same script, run on a two-stage folder
 
 from ssmttm.cli import main
 from ssmttm.diffusion import DenoiserConfig, Stage2Config, Stage2Model
@@ -148,15 +149,6 @@ def test_a_single_stage_model_given_diffusion_steps_is_a_clear_error(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "is a single-stage model: diffusion steps and guidance apply to two-stage models only" in err
     assert len(err.splitlines()) == 1
-
-
-LONG_FORM = """
-import resource, sys
-from ssmttm.generation.pipeline import TextToMusic
-model = TextToMusic.from_pretrained(sys.argv[1])
-model.generate_to_file("slow ambient", sys.argv[2], duration=float(sys.argv[3]), seed=0, chunk_seconds=2.0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
 
 
 @pytest.mark.slow  # 330 s of audio through both stages: about a minute

@@ -65,7 +65,7 @@ class _Stage2Stream:
     """push(codes (B, 1, t)) -> wav of every window finished; the audio equals `render`'s."""
 
     def __init__(self, renderer: Stage2Renderer, request: RenderRequest) -> None:
-        self.renderer, self.codec = renderer, renderer.codec
+        self.codec = renderer.codec
         self.batch = batch = request.text.shape[0]
         seeds = _seeds(request.seed, batch)
         kwargs = {"steps": request.steps, "cfg_scale": request.cfg_scale}
