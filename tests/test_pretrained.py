@@ -56,6 +56,24 @@ def test_round_trip_gives_identical_logits(tmp_path, preset):
     torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
 
 
+def test_bf16_storage_halves_the_file_and_loads_to_nearly_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = MusicLM(load_preset("tiny-simba")).eval()
+    full, half = _save(model, tmp_path / "fp32"), _save(model, tmp_path / "bf16", storage="bfloat16")
+    stored = load_file(half / WEIGHTS)
+    matrices = {k for k, t in model.state_dict().items() if t.ndim >= 2}
+    assert matrices and all(stored[k].dtype == torch.bfloat16 for k in matrices)
+    assert all(t.dtype == torch.float32 for k, t in stored.items() if k not in matrices)  # A, D, norms, biases
+    assert (half / WEIGHTS).stat().st_size < 0.6 * (full / WEIGHTS).stat().st_size
+    loaded, _ = load_pretrained(half, dtype=torch.float32)
+    assert all(t.dtype == torch.float32 for t in loaded.state_dict().values() if t.is_floating_point())
+    expected, got = _logits(model), _logits(loaded)
+    assert not torch.equal(got, expected)  # the matrices were rounded
+    torch.testing.assert_close(got, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="not one of float32, bfloat16"):
+        _save(model, tmp_path / "bad", storage="float16")
+
+
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
 def test_round_trip_with_cross_attention(tmp_path, kind):
     model = tiny_lm(kind, conditioning="cross")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_prepare_latents import RATE, write_corpus
 from test_prepare_latents import config as prepare_config
 
@@ -124,6 +125,23 @@ def test_the_export_loads_as_the_trained_model_with_its_defaults(collection, tmp
     assert all(torch.equal(model.state_dict()[k], trained[k]) for k in trained)
     with pytest.raises(ConfigError, match="not temperature"):
         export_run(tmp_path / "run", tmp_path / "bad", temperature=0.5)
+
+
+def test_a_bf16_export_stores_matrices_in_bf16_and_renders_as_the_fp32_one(collection, tmp_path):
+    config = resolve(stage2_config(collection), ["schedule.max_steps=2"])
+    Trainer(config, tmp_path / "run").fit()
+    full, _ = load_stage2(export_run(tmp_path / "run", tmp_path / "fp32"))
+    half_dir = export_run(tmp_path / "run", tmp_path / "bf16", storage="bfloat16")
+    stored = load_file(half_dir / "model.safetensors")
+    assert stored["denoiser.in_proj.weight"].dtype == torch.bfloat16
+    assert stored["latent_std"].dtype == torch.float32  # vectors are kept: the statistics stay exact
+    half, _ = load_stage2(half_dir)
+    assert torch.equal(half.latent_std, full.latent_std)
+    x, t, coarse = torch.randn(1, 89, 20), torch.tensor([0.5]), torch.randint(0, 1024, (1, 20))
+    text = torch.randn(1, 3, 384)
+    with torch.no_grad():
+        expected, got = full(x, t, coarse, text), half(x, t, coarse, text)
+    torch.testing.assert_close(got, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
 
 
 def test_a_collection_without_latents_is_a_clear_error(tmp_path):

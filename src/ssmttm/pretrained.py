@@ -67,8 +67,11 @@ def save_pretrained(
     source: str = "",
     text_padding: Literal["left", "release"] = "left",
     stage2: str = "",
+    storage: str | None = None,
 ) -> Path:
     """Write `model` to `directory` (created if needed) as model.safetensors + config.json; returns the folder.
+    `storage` ("bfloat16", "float32"; None: as the model holds them): the dtype of the weight
+    matrices in the file (`weights.stored_as`); `load_pretrained` casts them to its own.
 
     Each file is written atomically. config.json goes last and is removed first, so a folder caught
     mid-export has no config and loads as an error, never as new weights under an old config.
@@ -85,7 +88,7 @@ def save_pretrained(
         stage2=stage2,
     )
     (directory / CONFIG).unlink(missing_ok=True)
-    write_weights(directory / WEIGHTS, model.state_dict())
+    write_weights(directory / WEIGHTS, model.state_dict(), storage)
     write_config(directory, config)
     return directory
 

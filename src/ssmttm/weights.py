@@ -18,10 +18,14 @@ from torch import Tensor
 from ssmttm.files import atomic_write
 from ssmttm.hub import first_line
 
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-def write_weights(path: str | Path, state: dict[str, Tensor]) -> None:
-    """The state dict as a safetensors file, written atomically."""
-    data = save_safetensors(plain_tensors(state), metadata={"format": "pt"})
+
+def write_weights(path: str | Path, state: dict[str, Tensor], storage: str | None = None) -> None:
+    """The state dict as a safetensors file, written atomically; with `storage`, its matrices in
+    that dtype (`stored_as`), else every tensor as it is."""
+    tensors = plain_tensors(state)
+    data = save_safetensors(tensors if storage is None else stored_as(tensors, storage), metadata={"format": "pt"})
     atomic_write(Path(path), lambda f: f.write(data))
 
 
@@ -35,6 +39,17 @@ def read_weights(
             return {key: f.get_tensor(key) if cast is None else cast(key, f.get_tensor(key)) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise error(f"{path} is not a readable safetensors file ({first_line(err)})") from None
+
+
+def stored_as(state: dict[str, Tensor], storage: str) -> dict[str, Tensor]:
+    """The floating-point matrices (2-D and up: linear weights, embeddings) cast to `storage`; every
+    vector and scalar stays as it is. The matrices are nearly all of the bytes, while the vectors hold
+    what a rounding would move most: norms, biases, an SSM's A and D, stage 2's latent statistics.
+    Loaders cast every tensor to the dtype they compute in, so a bf16 file runs as fp32 does."""
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {storage!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    dtype = STORAGE_DTYPES[storage]
+    return {k: t.to(dtype) if t.is_floating_point() and t.ndim >= 2 else t for k, t in state.items()}
 
 
 def plain_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -53,13 +53,15 @@ def save_stage2(
     text_encoder: str,
     trained_steps: int | None = None,
     source: str = "",
+    storage: str | None = None,
 ) -> Path:
     """Write `model` to `directory` (created if needed); config.json goes last and is removed first,
-    so a folder caught mid-export loads as an error, never as new weights under an old config."""
+    so a folder caught mid-export loads as an error, never as new weights under an old config.
+    `storage`: the dtype of the weight matrices in the file (`weights.stored_as`; None: as held)."""
     directory = Path(directory)
     config = Stage2Pretrained(model.cfg, codec, text_encoder, trained_steps=trained_steps, source=source)
     (directory / CONFIG).unlink(missing_ok=True)
-    write_weights(directory / WEIGHTS, model.state_dict())
+    write_weights(directory / WEIGHTS, model.state_dict(), storage)
     write_json(directory / CONFIG, to_dict(config))
     return directory
 

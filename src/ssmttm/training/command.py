@@ -34,6 +34,12 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--stage2", help="a stage-2 folder to pair with this LM run, into OUT/stage2: a two-stage model (default: none)"
     )
+    export.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="the dtype of the weight matrices in the files: bfloat16 halves them (vectors stay as trained; "
+        "models load in their own precision; default: as trained)",
+    )
     export.set_defaults(run=_export)
 
 
@@ -64,7 +70,7 @@ def _export(args: argparse.Namespace) -> None:
     from ssmttm.training.export import export_run
 
     defaults = {"cfg_scale": args.cfg_scale, "temperature": args.temperature, "top_k": args.top_k}
-    defaults |= {"diffusion_steps": args.diffusion_steps}
+    defaults |= {"diffusion_steps": args.diffusion_steps, "storage": args.dtype}
     if args.stage2 is not None:
         defaults["stage2"] = args.stage2
     out = export_run(args.run_dir, args.out, **defaults)

@@ -140,17 +140,21 @@ class LMTask(Task):
         top_k: int | None = None,
         stage2: str | None = None,
         diffusion_steps: int | None = None,
+        storage: str | None = None,
     ) -> Path:
         """An ssmttm.pretrained folder: weights, model config, codec and text-encoder ids, and
         the generation defaults. `stage2`: a stage-2 folder to pair with this LM (its stage 1),
-        copied into `out/stage2/` after checking it fits: a two-stage model."""
+        copied into `out/stage2/` after checking it fits: a two-stage model. `storage`: the dtype
+        of both stages' weight matrices in the files (`weights.stored_as`)."""
         if diffusion_steps is not None:
             raise ConfigError("--diffusion-steps is a stage-2 run's default; this run is an LM (give it with --stage2)")
         given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k}
         generation = SamplingConfig(**{k: v for k, v in given.items() if v is not None})
         codec, text_encoder = trained.info["codec"]["name"], trained.info["text_encoder"]
         if stage2 is not None:
-            copy_stage2(Path(stage2), Path(out) / STAGE2_FOLDER, codec, text_encoder, self.config.model.num_codebooks)
+            copy_stage2(
+                Path(stage2), Path(out) / STAGE2_FOLDER, codec, text_encoder, self.config.model.num_codebooks, storage
+            )
         return save_pretrained(
             model,
             out,
@@ -160,10 +164,13 @@ class LMTask(Task):
             trained_steps=trained.steps,
             source=str(trained.checkpoint),
             stage2=STAGE2_FOLDER if stage2 is not None else "",
+            storage=storage,
         )
 
 
-def copy_stage2(source: Path, target: Path, codec: str, text_encoder: str, num_codebooks: int) -> None:
+def copy_stage2(
+    source: Path, target: Path, codec: str, text_encoder: str, num_codebooks: int, storage: str | None = None
+) -> None:
     """A stage-2 folder (or a stage-2 run's export) copied to `target`, after checking it renders
     for this stage 1: the same codec and text encoder, and an LM that predicts codebook 0."""
     try:
@@ -178,7 +185,13 @@ def copy_stage2(source: Path, target: Path, codec: str, text_encoder: str, num_c
     if num_codebooks != 1:
         log.warning("pairing a stage 2 with an LM of %d codebooks: stage 2 reads only the first", num_codebooks)
     save_stage2(
-        model, target, codec=s2.codec, text_encoder=s2.text_encoder, trained_steps=s2.trained_steps, source=s2.source
+        model,
+        target,
+        codec=s2.codec,
+        text_encoder=s2.text_encoder,
+        trained_steps=s2.trained_steps,
+        source=s2.source,
+        storage=storage,
     )
 
 

@@ -169,6 +169,7 @@ class Stage2Task(Task):
         trained: Trained,
         cfg_scale: float | None = None,
         diffusion_steps: int | None = None,
+        storage: str | None = None,
         **lm_only: Any,
     ) -> Path:
         """A stage-2 folder (diffusion/pretrained.py), with `diffusion_steps` and `cfg_scale` (its
@@ -185,4 +186,5 @@ class Stage2Task(Task):
             text_encoder=trained.info["text_encoder"],
             trained_steps=trained.steps,
             source=str(trained.checkpoint),
+            storage=storage,
         )
