@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,3 +218,30 @@ def test_cached_hub_id_loads_offline(tmp_path, monkeypatch):
     loaded, config = load_pretrained("someone/tiny-simba")
     assert config.codec == "embedded"
     torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
+
+
+def test_a_shipped_model_loads_by_name_and_a_local_folder_of_that_name_wins(tmp_path, monkeypatch):
+    from ssmttm import DEMO_MODEL
+    from ssmttm.pretrained import resolve, shipped_models
+
+    assert "demo" in shipped_models() and resolve("demo") == DEMO_MODEL
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PretrainedError, match=r"no model folder at dmeo: .* a shipped model \(demo"):
+        resolve("dmeo")
+    _save(tiny_lm(), tmp_path / "demo")
+    assert resolve("demo") == Path("demo")
+
+
+def test_a_hub_download_fetches_a_two_stage_models_stage2_too(monkeypatch):
+    import huggingface_hub
+
+    asked = {}
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("ssmttm.pretrained._cached_snapshot", lambda _: None)
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo, allow_patterns: asked.update(p=allow_patterns) or "."
+    )
+    from ssmttm.pretrained import resolve
+
+    resolve("someone/two-stage")
+    assert set(asked["p"]) == {WEIGHTS, CONFIG, "stage2/*"}

@@ -31,6 +31,7 @@ from ssmttm.weights import read_weights, state_dict_problems, write_weights
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"  # the models inside the package, by folder name
 
 
 class PretrainedError(ValueError):
@@ -174,14 +175,25 @@ def read_config(directory: str | Path) -> PretrainedConfig:
         raise PretrainedError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}") from None
 
 
+def shipped_models() -> list[str]:
+    """The names of the models inside the package ("demo", ...), which `resolve` accepts as they are."""
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG).is_file()) if SHIPPED_DIR.is_dir() else []
+
+
 def resolve(source: str | Path) -> Path:
-    """The local folder of `source`: a folder as it is, or a hub id's snapshot (cached or downloaded)."""
+    """The local folder of `source`: a folder as it is, a shipped model's name (a folder of the same
+    name wins), or a hub id's snapshot (cached or downloaded)."""
     text = str(source)
     path = Path(text).expanduser()
     if not is_hub_id(text):
-        if not path.is_dir():
-            raise PretrainedError(f"no model folder at {path}: pass a folder `ssmttm export` wrote, or a hub id")
-        return path
+        if path.is_dir():
+            return path
+        if text in shipped_models():
+            return SHIPPED_DIR / text
+        raise PretrainedError(
+            f"no model folder at {path}: pass a folder `ssmttm export` wrote, a hub id, or a shipped model "
+            f"({', '.join(shipped_models()) or 'none in this install'})"
+        )
     cached = _cached_snapshot(text)
     if cached is not None:
         return cached
@@ -193,7 +205,8 @@ def resolve(source: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(text, allow_patterns=[WEIGHTS, CONFIG]))
+        # a two-stage model's stage 2 too: its folder comes with the LM's
+        return Path(snapshot_download(text, allow_patterns=[WEIGHTS, CONFIG, "stage2/*"]))
     except (OSError, ValueError) as err:
         raise PretrainedError(f"cannot download model {text!r} ({first_line(err)}); {how_to_provide(text)}") from None
 

@@ -24,7 +24,9 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     # Words past the first are an unquoted prompt: taken here only to refuse them with a hint.
     gen.add_argument("unquoted", nargs="*", help=argparse.SUPPRESS)
     gen.add_argument("--prompts-file", help="one prompt per line (blank lines skipped), after the quoted prompt if any")
-    gen.add_argument("--model", help="exported model folder or hub id (default: the shipped demo model)")
+    gen.add_argument(
+        "--model", help="exported model folder, shipped model name or hub id (default: the shipped demo model)"
+    )
     gen.add_argument(
         "--stage2", help="a stage-2 folder to render a stage-1 model's codes with: two-stage generation (default: none)"
     )
