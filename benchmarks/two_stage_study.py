@@ -10,7 +10,9 @@ captions (evaluate_demo.py's prompts, references and scorer; generation seed 0),
 them, and the clips are scored: FD-musicnn per style, KL-musicnn (paired), and adherence (style and
 lead accuracy, tempo within 8 BPM). Rows go to `results.jsonl` in each run folder, so an
 interrupted study resumes: a finished run is reused, an interrupted one resumes from its checkpoint
-and evaluates only the steps it has not. Prints a table and draws `--figure`.
+and evaluates only the steps it has not. Prints a table and draws `--figure`. `--systems` runs some
+of the systems only, so two processes can share the work on two cores (one thread each); a last
+call with all of them reuses every finished run and draws the whole figure.
 """
 
 from __future__ import annotations
@@ -106,12 +108,19 @@ def main() -> int:
     parser.add_argument("--work", default="benchmarks/.cache/evaluate-demo/10s", help="evaluate_demo.py's corpora")
     parser.add_argument("--out", default="runs/two-stage-study")
     parser.add_argument("--figure", default="docs/two_stage_study.png")
+    parser.add_argument("--systems", default=",".join(BACKBONES.values()), help="the stage-1 presets to run")
     args = parser.parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(BACKBONES.values()))
+    if unknown or not systems:
+        parser.error(f"--systems: choose from {', '.join(BACKBONES.values())} (got {args.systems!r})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     evaluation = Evaluation(Path(args.stage2), args.prompts, Path(args.work), args.duration)
     text_encoder = evaluation.config.text_encoder
     curves: dict[str, list[list[dict]]] = {}
     for label, preset in BACKBONES.items():
+        if preset not in systems:
+            continue
         for seed in [int(s) for s in args.seeds.split(",")]:
             run_dir = Path(args.out) / f"{preset}-seed{seed}"
             overrides = [
