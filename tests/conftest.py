@@ -10,6 +10,7 @@ import torch
 from ssmttm.backbones import MIXERS, BackboneConfig
 from ssmttm.backbones.mamba import MambaConfig
 from ssmttm.backbones.mamba2 import Mamba2Config
+from ssmttm.backbones.mamba3 import Mamba3Config
 from ssmttm.lm import LMConfig, MusicLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,14 +22,16 @@ KINDS = list(MIXERS)  # every registered backbone kind goes through every contra
 def tiny_config(kind: str = "simba", conditioning: str = "prefix", **overrides) -> LMConfig:
     """A few-thousand-parameter LM of the given family. Chunk sizes deliberately do not divide
     the test lengths, so the padded tail of the chunked scans is always exercised."""
+    with_mlp = MIXERS[kind].needs_mlp  # simba, simba3: the release's layout, with no final norm
     backbone = BackboneConfig(
         kind=kind,
         d_model=32,
         n_layers=2,
-        mlp_hidden=64 if kind in ("simba", "transformer") else 0,
+        mlp_hidden=64 if with_mlp or kind == "transformer" else 0,
         num_heads=4,
-        final_norm=kind != "simba",
+        final_norm=not with_mlp,
         mamba2=Mamba2Config(d_state=8, headdim=8, chunk_size=5),
+        mamba3=Mamba3Config(d_state=8, headdim=8, chunk_size=5),
         mamba=MambaConfig(d_state=4, chunk_size=3),
     )
     fields = dict(

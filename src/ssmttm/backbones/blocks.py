@@ -43,7 +43,7 @@ class MLP(nn.Module):
 
 @dataclass
 class BlockState(BatchState):
-    mixer: Any  # the mixer's own state: Mamba2State, MambaState or KVCache
+    mixer: Any  # the mixer's own state: Mamba2State, Mamba3State, MambaState or KVCache
     cross: CrossState | None
 
 

@@ -25,6 +25,7 @@ from ssmttm.backbones.base import Mixer
 from ssmttm.backbones.blocks import Block, FusedBlockStep, StackBackbone, build_stack
 from ssmttm.backbones.mamba import Mamba, MambaConfig, mamba_flops, mamba_state_bytes
 from ssmttm.backbones.mamba2 import Mamba2, Mamba2BlockKernel, Mamba2Config, mamba2_flops, mamba2_state_bytes
+from ssmttm.backbones.mamba3 import Mamba3, Mamba3Config, mamba3_flops, mamba3_state_bytes
 from ssmttm.config import ConfigError
 
 # The dtypes a step's Linear weights may be stored in: every mixer's modules take both (ops/linear.py).
@@ -45,6 +46,7 @@ class BackboneConfig:
     num_heads: int = 8  # self-attention (transformer) and cross-attention heads
     # Each mixer's own settings, one field per mixer that has any.
     mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    mamba3: Mamba3Config = field(default_factory=Mamba3Config)
     mamba: MambaConfig = field(default_factory=MambaConfig)
 
     def __post_init__(self) -> None:
@@ -83,6 +85,10 @@ def _mamba2(cfg: BackboneConfig, rope: bool) -> Mixer:
     return Mamba2(cfg.d_model, cfg.mamba2)
 
 
+def _mamba3(cfg: BackboneConfig, rope: bool) -> Mixer:
+    return Mamba3(cfg.d_model, cfg.mamba3)
+
+
 def _mamba(cfg: BackboneConfig, rope: bool) -> Mixer:
     return Mamba(cfg.d_model, cfg.mamba)
 
@@ -103,9 +109,21 @@ _MAMBA2 = dict(
     fused_cpu_step=Mamba2BlockKernel.for_block,
 )
 
+# No fused CPU step yet: its blocks step module by module, through Mamba3.step.
+_MAMBA3 = dict(
+    build=_mamba3,
+    norm=nn.RMSNorm,
+    flops=lambda cfg, length: mamba3_flops(cfg.d_model, cfg.mamba3, length),
+    state_bytes=lambda cfg, positions, dtype: mamba3_state_bytes(cfg.d_model, cfg.mamba3, dtype),
+    fixed_state=True,
+    state_dtypes=_SSM_STATES,
+)
+
 MIXERS: dict[str, MixerSpec] = {
     "simba": MixerSpec(description="Mamba-2 + MLP", needs_mlp=True, **_MAMBA2),
     "mamba2": MixerSpec(description="Mamba-2", **_MAMBA2),
+    "simba3": MixerSpec(description="Mamba-3 + MLP", needs_mlp=True, **_MAMBA3),
+    "mamba3": MixerSpec(description="Mamba-3", **_MAMBA3),
     "mamba": MixerSpec(
         description="Mamba-1",
         build=_mamba,

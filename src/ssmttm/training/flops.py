@@ -19,6 +19,8 @@ Counted, at 2 m n k per (m, k) x (k, n) product:
 - the Mamba-2 SSD scan's four matrix products, at the lengths our chunked scan runs them
   (the sequence padded to a multiple of chunk_size; the intra-chunk products cost chunk_size per
   position, so this term grows with chunk_size);
+- the Mamba-3 scan's four products (ops/ssd3.py), likewise at the padded length, each position
+  standing for its R ranks with MIMO;
 - the Mamba-1 selective scan's read-out y = h . C, at the padded length;
 - attention scores and weighted sums at full (T, T) cost, as SDPA computes them: causality
   halves no work;
