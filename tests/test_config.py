@@ -13,7 +13,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_every_preset_loads_and_round_trips_through_a_dict():
-    assert len(preset_names()) == 11  # 4 paper-sized, 2 at 75m, 4 tiny, the demo model
+    assert len(preset_names()) == 17  # 6 paper-sized, 4 at 75m, 6 tiny, the demo model
     for name in preset_names():
         cfg = load_preset(name)
         assert from_dict(LMConfig, to_dict(cfg)) == cfg
@@ -66,7 +66,7 @@ def test_every_training_config_resolves_and_paper_ones_keep_the_recipe():
     from ssmttm.training.config import load_train_config
 
     configs = sorted((PRESET_DIR / "train").glob("*.yaml"))
-    assert len(configs) == 12
+    assert len(configs) == 18
     for path in configs:
         config = load_train_config(path)
         model = read_yaml(path)["model"]

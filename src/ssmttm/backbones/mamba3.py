@@ -29,7 +29,12 @@ TWO_PI = 2 * math.pi
 
 @dataclass
 class Mamba3Config:
-    """The Mamba-3 mixer; defaults are mamba_ssm's `Mamba3` defaults (SISO)."""
+    """The Mamba-3 mixer; defaults are mamba_ssm's `Mamba3` defaults (SISO).
+
+    The presets (configs/simba3-*, mamba3-*, tiny-*3) are SISO with d_state half their Mamba-2
+    counterparts': 256 against 512, 32 against tiny-simba's 64. The paper suggests this: it reports
+    Mamba-2's perplexity at half the state, and a decoding step then reads half the SSM state.
+    """
 
     d_state: int = 128
     """N, the state's size per head channel; B and C have N entries per group and rank."""
