@@ -195,7 +195,7 @@ def test_a_saved_model_with_a_clock_generates_from_a_stated_tempo(tmp_path):
     assert not torch.equal(stated, stated_silent) and torch.equal(plain, plain_silent)
 
 
-@pytest.mark.parametrize("kind", ["simba", "mamba", "transformer"])
+@pytest.mark.parametrize("kind", ["simba", "mamba", "simba3", "transformer"])
 def test_a_step_with_fewer_rows_than_its_clock_is_refused(kind):
     """The clock's input is added before the backbone sees the rows: it would broadcast one over two."""
     lm = clocked_lm(kind)

@@ -29,6 +29,14 @@ def test_summary_can_decode_with_random_weights(capsys):
     assert "decoded       (1, 4, 10) codes" in capsys.readouterr().out
 
 
+def test_summary_describes_and_decodes_the_mamba3_kinds(capsys):
+    assert main(["summary", "tiny-simba3", "--decode-steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "simba3: 6 x [Mamba-3 + MLP], d_model 128" in out and "decoded       (1, 4, 4) codes" in out
+    assert main(["summary", "mamba3-300m"]) == 0
+    assert "mamba3: 40 x [Mamba-3], d_model 1024" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_2():
     result = subprocess.run(
         [sys.executable, "-m", "ssmttm.cli", "summary", "tiny-simba", "backbone.d_modle=3"],

@@ -21,9 +21,12 @@ import torch
 from conftest import KINDS, tiny_lm
 from test_golden import build_mixer, load_golden
 from test_lm import inputs, left_padded_mask, teacher_forced
+from test_mamba3 import STATE_FIELDS, assert_state, run_steps
+from test_mamba3 import load_golden as load_mamba3_golden
 from test_training import make_collection, metrics, train_config
 
 from ssmttm.backbones.base import Context
+from ssmttm.backbones.mamba3 import Mamba3State
 from ssmttm.cli import main
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
@@ -89,6 +92,21 @@ def test_mixers_on_cuda_match_mamba_ssm(golden_dir, name):
     torch.testing.assert_close(state.ssm.cpu(), golden["final_ssm_state"], atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.cat(ys, 1).cpu(), golden["output"], atol=1e-4, rtol=0)
     torch.testing.assert_close(stepped.conv.cpu(), golden["final_conv_state"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["mamba3", "mamba3_mimo"])
+def test_mamba3_on_cuda_matches_mamba_ssm(golden_dir, name):
+    golden, mixer = load_mamba3_golden(golden_dir, name, chunk_size=8)
+    mixer.to(DEVICE)
+    x = golden["input"].to(DEVICE)
+    with torch.no_grad():
+        y, _ = mixer.prefill(x, Context())
+        y0, state = mixer.prefill(x[:, :5], Context())
+        y1, state = run_steps(mixer, x[:, 5:], state)
+    assert y.device.type == torch.device(DEVICE).type
+    torch.testing.assert_close(y.cpu(), golden["output"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([y0, y1], 1).cpu(), golden["output"], atol=1e-4, rtol=0)
+    assert_state(Mamba3State(**{f: getattr(state, f).cpu() for f in STATE_FIELDS}), golden, "state")
 
 
 @pytest.mark.parametrize("kind", KINDS)

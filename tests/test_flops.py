@@ -52,11 +52,18 @@ def test_forward_flops_match_the_counter_with_cross_attention(kind):
     assert forward_flops(cfg, 100, TEXT_LEN) == pytest.approx(counted_flops(cfg, 100, TEXT_LEN), rel=TOLERANCE)
 
 
+@pytest.mark.parametrize(("kind", "mixer"), [("simba", "mamba2"), ("simba3", "mamba3")])
 @pytest.mark.parametrize("chunk_size", [16, 128])
-def test_forward_flops_follow_the_ssd_chunk_size(chunk_size):
+def test_forward_flops_follow_the_ssd_chunk_size(kind, mixer, chunk_size):
     """The SSD's intra-chunk products cost chunk_size per position; the formula must track that."""
-    cfg = preset("simba", f"backbone.mamba2.chunk_size={chunk_size}")
+    cfg = preset(kind, f"backbone.{mixer}.chunk_size={chunk_size}")
     assert forward_flops(cfg, 200, TEXT_LEN) == pytest.approx(counted_flops(cfg, 200, TEXT_LEN), rel=TOLERANCE)
+
+
+def test_forward_flops_match_the_counter_for_a_mimo_mamba3():
+    """With R ranks every position of the scan stands for R rows (chunk_size 16: MIMO's 64 / R)."""
+    cfg = preset("mamba3", "backbone.mamba3.is_mimo=true", "backbone.mamba3.chunk_size=16")
+    assert forward_flops(cfg, 100, TEXT_LEN) == pytest.approx(counted_flops(cfg, 100, TEXT_LEN), rel=TOLERANCE)
 
 
 def test_an_empty_caption_counts_one_null_position():

@@ -36,6 +36,7 @@ def model_dir(tmp_path_factory):
         ("fp32", "simba", Precision()),
         ("bf16", "simba", Precision(torch.bfloat16, torch.bfloat16)),
         ("bf16", "mamba", Precision(torch.bfloat16, torch.bfloat16)),
+        ("bf16", "simba3", Precision(torch.bfloat16, torch.bfloat16)),
         ("bf16", "transformer", Precision(torch.bfloat16, torch.float32)),  # a KV cache is not a recurrent state
     ],
 )

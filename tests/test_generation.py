@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import KINDS, tiny_lm
 
+from ssmttm.backbones.mamba2 import Mamba2BlockKernel
+from ssmttm.backbones.mamba3 import Mamba3
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.cuda_graph import GraphedStep
@@ -116,17 +118,27 @@ def _mixer_states(state):
     return [layer.mixer for layer in state.backbone.layers]
 
 
-@pytest.mark.parametrize("kind", ["simba", "mamba2", "mamba"])
+def _rest_of_state(mixer_state) -> list[torch.Tensor]:
+    """The tensors of a mixer's state besides its SSM state: convolution windows, Mamba-3's phase, k, v."""
+    fields = dataclasses.fields(mixer_state)
+    return [getattr(mixer_state, f.name) for f in fields if f.name != "ssm"]
+
+
+@pytest.mark.parametrize("kind", ["simba", "mamba2", "mamba", "simba3", "mamba3"])
 def test_a_bf16_recurrent_state_stays_bf16_and_decodes_close_to_fp32(kind):
-    """Only the SSM state is stored in bf16 (the convolution windows stay fp32); each step rounds
-    it once, so 40 steps stay close to the fp32 decode but not equal to it."""
+    """Only the SSM state is stored in bf16 (the convolution windows, Mamba-3's phase and its
+    previous k and v stay fp32); each step rounds it once, so 40 steps stay close to the fp32
+    decode but not equal to it."""
     lm = tiny_lm(kind)
     text = torch.randn(2, L, TEXT_DIM)
     seq = torch.randint(0, 11, (2, 3, 40))
     with torch.no_grad():
         _, wide = lm.prefill(Conditioning(text))
         narrow = wide.clone().with_recurrent_dtype(torch.bfloat16)  # the conv windows would be shared
-        assert all(m.ssm.dtype == torch.bfloat16 and m.conv.dtype == torch.float32 for m in _mixer_states(narrow))
+        assert all(
+            m.ssm.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in _rest_of_state(m))
+            for m in _mixer_states(narrow)
+        )
         assert all(m.ssm.dtype == torch.float32 for m in _mixer_states(wide))  # the original is untouched
         worst = 0.0
         for s in range(seq.shape[-1]):
@@ -169,6 +181,28 @@ def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     reference = Generator(lm).generate(Conditioning(text), 12, sampling=sampling)
     assert torch.equal(with_kernels, reference)
+
+
+@pytest.mark.parametrize("kind", ["simba3", "mamba3"])
+def test_mamba3_blocks_step_through_the_pytorch_mixer_where_the_kernels_build(kind, monkeypatch):
+    """The C++ kernels hold no Mamba-3 step yet: its blocks get no fused step (not Mamba-2's either)
+    and decode through `Mamba3.step`, with fp32 or bf16 weights and state, to the same tokens as
+    without the kernels."""
+    lm = tiny_lm(kind, "cross")
+    assert cpu_kernels.available()
+    assert all(block._fused_step is None and Mamba2BlockKernel.for_block(block) is None for block in lm.backbone.layers)
+    calls = []
+    step = Mamba3.step
+    monkeypatch.setattr(Mamba3, "step", lambda self, x, state: calls.append(x.shape) or step(self, x, state))
+    text = torch.randn(2, L, TEXT_DIM)
+    sampling = SamplingConfig(temperature=0, cfg_scale=3.0)
+    with_kernels = Generator(lm).generate(Conditioning(text), 8, sampling=sampling)
+    assert calls and set(calls) == {(4, lm.cfg.backbone.d_model)}  # both CFG branches, one batch of rows
+    narrow = Generator(lm, weight_dtype=torch.bfloat16, state_dtype=torch.bfloat16)
+    narrow_codes = narrow.generate(Conditioning(text), 8, sampling=sampling)
+    assert narrow_codes.shape == (2, 3, 8) and int(narrow_codes.max()) < lm.cfg.cardinality
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert torch.equal(Generator(lm).generate(Conditioning(text), 8, sampling=sampling), with_kernels)
 
 
 def test_a_state_whose_position_and_clock_column_are_tensors_steps_like_one_with_ints():

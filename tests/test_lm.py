@@ -145,8 +145,10 @@ def test_left_padded_batch_gives_each_caption_run_alone(kind, cond):
             torch.testing.assert_close(batched[row : row + 1], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["simba", "mamba2", "mamba"])
+@pytest.mark.parametrize("kind", ["simba", "mamba2", "mamba", "simba3", "mamba3"])
 def test_masked_positions_leave_the_ssm_state_as_if_absent(kind):
+    """Every tensor of the state: the SSM state and the convolution window, or Mamba-3's phase and
+    its previous k and v."""
     lm = tiny_lm(kind)
     seq, text = inputs(lm, batch=1)
     _, padded = teacher_forced(
@@ -154,8 +156,19 @@ def test_masked_positions_leave_the_ssm_state_as_if_absent(kind):
     )
     _, alone = teacher_forced(lm, seq, text, None, T)
     for a, b in zip(padded.backbone.layers, alone.backbone.layers, strict=True):
-        torch.testing.assert_close(a.mixer.ssm, b.mixer.ssm, atol=1e-5, rtol=0)
-        torch.testing.assert_close(a.mixer.conv, b.mixer.conv, atol=1e-5, rtol=0)
+        for got, want in zip(a.mixer.tensors(), b.mixer.tensors(), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cond", ["prefix", "cross"])
+@pytest.mark.parametrize("kind", ["simba", "mamba2", "simba3", "mamba3"])
+def test_a_step_with_fewer_rows_than_its_state_is_refused(kind, cond):
+    """The state's own check, before any cross-attention: one token row would broadcast over two."""
+    lm = tiny_lm(kind, cond)
+    with torch.no_grad():
+        _, state = lm.prefill(Conditioning(torch.randn(2, L, TEXT_DIM)))
+        with pytest.raises(ValueError, match="decoding step: 1 input rows on a state of 2"):
+            lm.step(torch.zeros(1, lm.cfg.num_codebooks, dtype=torch.long), state)
 
 
 @pytest.mark.parametrize(("kind", "cond"), MODES)

@@ -145,6 +145,31 @@ def test_streamed_audio_and_tokens_equal_the_whole_generation(model, monkeypatch
     assert torch.equal(streamed, codes)
 
 
+@pytest.mark.parametrize("preset", ["tiny-simba3", "tiny-mamba3"])
+def test_a_mamba3_model_loads_generates_streams_and_continues(preset, tmp_path):
+    """The Mamba-3 kinds through the same path: export, load, prefill then step; the stream is the
+    whole generation, a continuation starts with its clip, and bf16 decodes too."""
+    tiny = ["backbone.d_model=32", "backbone.n_layers=2", "backbone.mamba3.headdim=16", "backbone.mamba3.d_state=16"]
+    torch.manual_seed(0)
+    lm = MusicLM(load_preset(preset, [*tiny, *(["backbone.mlp_hidden=64"] if "simba" in preset else [])]))
+    directory = save_pretrained(lm, tmp_path / "model", codec="embedded", text_encoder="minilm")
+    model = TextToMusic.from_pretrained(directory)
+    assert model.lm.cfg == lm.cfg
+    prompts = ["calm piano", "fast funk"]
+    whole = model.generate(prompts, duration=2.0, seed=0)
+    streamed = torch.cat(list(model.stream(prompts, duration=2.0, seed=0, chunk_seconds=0.5)), dim=-1)
+    assert streamed.shape == whole.shape and snr_db(whole, streamed) >= 40
+    clip = whole[0, :, : model.sample_rate // 2].numpy()
+    given = model.codec.encode(torch.from_numpy(clip)[None], model.sample_rate)
+    continued = model.generate_codes(
+        "a melody", duration=2.0, seed=0, continuation=clip, continuation_rate=model.sample_rate
+    )
+    assert torch.equal(continued[..., : given.shape[-1]], given)
+    narrow = TextToMusic.from_pretrained(directory, precision="bf16")
+    assert narrow.generator.state_dtype == torch.bfloat16
+    assert narrow.generate(prompts, duration=1.0, seed=0).shape == (2, 1, model.sample_rate)
+
+
 def test_continuation_starts_with_the_clip_and_depends_on_it(model):
     rate = model.sample_rate
     t = np.arange(int(1.0 * rate)) / rate

@@ -46,7 +46,7 @@ def saved(tmp_path):
     return tmp_path / "export", model
 
 
-@pytest.mark.parametrize("preset", ["tiny-simba", "tiny-transformer"])
+@pytest.mark.parametrize("preset", ["tiny-simba", "tiny-transformer", "tiny-simba3", "tiny-mamba3"])
 def test_round_trip_gives_identical_logits(tmp_path, preset):
     torch.manual_seed(0)
     model = MusicLM(load_preset(preset)).eval()
@@ -75,7 +75,7 @@ def test_bf16_storage_halves_the_file_and_loads_to_nearly_the_same_logits(tmp_pa
         _save(model, tmp_path / "bad", storage="float16")
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "simba3", "mamba3"])
 def test_round_trip_with_cross_attention(tmp_path, kind):
     model = tiny_lm(kind, conditioning="cross")
     loaded, _ = load_pretrained(_save(model, tmp_path / "export"))

@@ -231,8 +231,19 @@ def test_two_gloo_processes_take_the_same_step_as_one(collection, tmp_path):
         assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
-def test_export_then_load_gives_identical_logits(collection, tmp_path):
-    config = resolve(train_config(collection), ["schedule.max_steps=3"])
+# Overrides that turn train_config's tiny SiMBA into another kind (the Mamba-3 mixer's own sizes).
+MAMBA3 = ["model.backbone.mamba3.d_state=8", "model.backbone.mamba3.headdim=8", "model.backbone.mamba3.chunk_size=8"]
+KIND_OVERRIDES = {
+    "simba": [],
+    "simba3": ["model.backbone.kind=simba3", *MAMBA3],
+    "mamba3": ["model.backbone.kind=mamba3", "model.backbone.mlp_hidden=0", *MAMBA3],
+}
+
+
+@pytest.mark.parametrize("kind", KIND_OVERRIDES)
+def test_export_then_load_gives_identical_logits(collection, tmp_path, kind):
+    config = resolve(train_config(collection), ["schedule.max_steps=3", *KIND_OVERRIDES[kind]])
+    assert config.model.backbone.kind == kind
     Trainer(config, tmp_path / "run").fit()
     out = export_run(tmp_path / "run", tmp_path / "export", cfg_scale=4.0)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
