@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +180,7 @@ def mamba2_state_bytes(d_model: int, cfg: Mamba2Config, state_dtype: torch.dtype
 
 # -- the fused CPU step of a whole block ------------------------------------------------------------
 
-_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)  # Linear weights block_step reads
+_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)  # Linear weights the block kernels read
 
 
 class Mamba2BlockKernel(NamedTuple):
@@ -192,7 +192,7 @@ class Mamba2BlockKernel(NamedTuple):
 
     cross: bool  # whether the block attends to the text
     linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
-    norm_weights: tuple[Tensor, ...]  # each must be fp32
+    fp32_weights: tuple[Tensor, ...]  # each must be fp32: the norms'
     weights: tuple  # block_step's arguments after the state's
     check_rows: Callable[[Tensor, BlockState], None]  # the block's own row check, shared with its modules' step
 
@@ -200,24 +200,13 @@ class Mamba2BlockKernel(NamedTuple):
     def for_block(cls, block: Block) -> Mamba2BlockKernel | None:
         """The kernel's view of `block`, or None if its layout is not one the kernel takes (a Mamba-2
         mixer and RMSNorms with weights)."""
-        mixer, cross, mlp = block.mixer, block.cross, block.mlp
-        norms = [norm for norm in (block.mixer_norm, block.cross_norm, block.mlp_norm) if norm is not None]
-        if not isinstance(mixer, Mamba2) or not all(isinstance(n, nn.RMSNorm) and n.weight is not None for n in norms):
+        mixer = block.mixer
+        if not isinstance(mixer, Mamba2) or not kernel_norms(block):
             return None
-        linears = [mixer.in_proj, mixer.out_proj]
-        cross_weights: tuple = (None, 0.0, None, None)
-        if cross is not None:
-            cross_norm = block.cross_norm
-            cross_weights = (cross_norm.weight, _eps(cross_norm), cross.q_proj.weight, cross.out_proj.weight)
-            linears += [cross.q_proj, cross.out_proj]
-        mlp_weights: tuple = (None, 0.0, None, None, None, None)
-        if mlp is not None:
-            norm = block.mlp_norm
-            mlp_weights = (norm.weight, _eps(norm), mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
-            linears += [mlp.fc1, mlp.fc2]
+        rest, rest_linears = rest_of_block(block)
         weights = (
             block.mixer_norm.weight,
-            _eps(block.mixer_norm),
+            rms_eps(block.mixer_norm),
             mixer.in_proj.weight,
             mixer.in_proj.bias,
             mixer.conv1d.weight,
@@ -230,13 +219,13 @@ class Mamba2BlockKernel(NamedTuple):
             mixer.norm.eps,
             mixer.out_proj.weight,
             mixer.out_proj.bias,
-            *cross_weights,
-            *mlp_weights,
+            *rest,
         )
+        linears = [mixer.in_proj, mixer.out_proj, *rest_linears]
         return cls(
-            cross is not None,
+            block.cross is not None,
             tuple(layer.weight for layer in linears),
-            tuple(n.weight for n in norms),
+            tuple(n.weight for n in kernel_norms(block)),
             weights,
             block.check_rows,
         )
@@ -248,20 +237,7 @@ class Mamba2BlockKernel(NamedTuple):
 
     def applies(self, x: Tensor, block_state: BlockState, training: bool) -> bool:
         """fp32 rows on a CPU with the C++ kernels built, no autograd, weights in dtypes it reads."""
-        state, memory = block_state.mixer, block_state.cross
-        return (
-            self.cross == (memory is not None)
-            and (memory is None or _kernel_reads_memory(memory))
-            and not training
-            and not torch.is_grad_enabled()
-            and x.dim() == 2
-            and x.dtype == state.conv.dtype == torch.float32
-            and x.is_cpu
-            and all(w.dtype in _KERNEL_WEIGHTS for w in self.linear_weights)
-            and all(w.dtype == torch.float32 for w in self.norm_weights)
-            and cpu_kernels.available()
-            and x.shape[0] <= cpu_kernels.linear_max_rows()
-        )
+        return block_state.mixer.conv.dtype == torch.float32 and block_kernel_applies(self, x, block_state, training)
 
     def step(self, x: Tensor, block_state: BlockState) -> Tensor:
         """The block's step in one C++ call (ops/cpu_kernels.cpp); the mixer's state is updated in place."""
@@ -271,12 +247,64 @@ class Mamba2BlockKernel(NamedTuple):
         return cpu_kernels.extension().block_step(x.contiguous(), state.conv, state.ssm, *text, *self.weights)
 
 
+# -- what the block kernels of Mamba-2 and Mamba-3 share ----------------------------------------------
+
+
+def kernel_norms(block: Block) -> list[nn.RMSNorm] | None:
+    """The block's norms if all are RMSNorms with weights (what the block kernels take), else None."""
+    norms = [norm for norm in (block.mixer_norm, block.cross_norm, block.mlp_norm) if norm is not None]
+    return norms if all(isinstance(n, nn.RMSNorm) and n.weight is not None for n in norms) else None
+
+
+def rest_of_block(block: Block) -> tuple[tuple, list[nn.Linear]]:
+    """What the block kernels take after the mixer's weights: the cross-attention's (None where the
+    block has none), then the MLP's; and those parts' Linears."""
+    cross, mlp = block.cross, block.mlp
+    linears: list[nn.Linear] = []
+    cross_weights: tuple = (None, 0.0, None, None)
+    if cross is not None:
+        cross_norm = block.cross_norm
+        cross_weights = (cross_norm.weight, rms_eps(cross_norm), cross.q_proj.weight, cross.out_proj.weight)
+        linears += [cross.q_proj, cross.out_proj]
+    mlp_weights: tuple = (None, 0.0, None, None, None, None)
+    if mlp is not None:
+        norm = block.mlp_norm
+        mlp_weights = (norm.weight, rms_eps(norm), mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+        linears += [mlp.fc1, mlp.fc2]
+    return (*cross_weights, *mlp_weights), linears
+
+
+class _BlockKernel(Protocol):
+    cross: bool
+    linear_weights: tuple[Tensor, ...]
+    fp32_weights: tuple[Tensor, ...]
+
+
+def block_kernel_applies(kernel: _BlockKernel, x: Tensor, block_state: BlockState, training: bool) -> bool:
+    """What every block kernel needs, its mixer's state aside: fp32 rows on a CPU with the C++
+    kernels built, no autograd, the text as the kernel reads it, weights in dtypes it reads."""
+    memory = block_state.cross
+    return (
+        kernel.cross == (memory is not None)
+        and (memory is None or _kernel_reads_memory(memory))
+        and not training
+        and not torch.is_grad_enabled()
+        and x.dim() == 2
+        and x.dtype == torch.float32
+        and x.is_cpu
+        and all(w.dtype in _KERNEL_WEIGHTS for w in kernel.linear_weights)
+        and all(w.dtype == torch.float32 for w in kernel.fp32_weights)
+        and cpu_kernels.available()
+        and x.shape[0] <= cpu_kernels.linear_max_rows()
+    )
+
+
 def _kernel_reads_memory(memory: CrossState) -> bool:
     """Text keys and values in fp32 on the CPU (any strides), and a bool mask or none."""
     mask_ok = memory.mask is None or (memory.mask.dtype == torch.bool and memory.mask.dim() == 2)
     return memory.k.dtype == memory.v.dtype == torch.float32 and memory.k.is_cpu and mask_ok
 
 
-def _eps(norm: nn.RMSNorm) -> float:
+def rms_eps(norm: nn.RMSNorm) -> float:
     """The epsilon nn.RMSNorm adds: its own, or fp32's machine epsilon when it has none."""
     return norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps

@@ -686,8 +686,104 @@ static void cross_attend(const float* q, const torch::Tensor& k, const torch::Te
   }
 }
 
+// What follows a block's mixer: any cross-attention to the text and any MLP, each after an RMSNorm,
+// each with its residual. The same in every block kernel.
+struct BlockRest {
+  const c10::optional<torch::Tensor>&keys, &values, &key_mask, &cross_norm;
+  double cross_eps;
+  const c10::optional<torch::Tensor>&q_proj, &cross_out, &mlp_norm;
+  double mlp_eps;
+  const c10::optional<torch::Tensor>&fc1, &fc1_bias, &fc2, &fc2_bias;
+
+  // Every size run() indexes with, against d_model `d` and x's `rows`; returns the MLP's width.
+  int64_t check(const char* fn, int64_t d, int64_t rows) const {
+    const bool cross = cross_norm.has_value();  // cross-attention to the text, between mixer and MLP
+    TORCH_CHECK(cross == q_proj.has_value() && cross == keys.has_value() && cross == values.has_value() &&
+                    cross == cross_out.has_value() && (cross || !key_mask.has_value()),
+                fn, ": cross-attention needs its cross_norm, q_proj, keys, values and cross_out (and key_mask only with them)");
+    if (cross) {
+      expect(fn, "cross_norm", *cross_norm, {d}, Dtype::fp32);
+      check_weight(fn, "q_proj", *q_proj, d, d);
+      check_weight(fn, "cross_out", *cross_out, d, d);
+      expect(fn, "keys", *keys, {rows, -1, -1, -1}, Dtype::fp32, false);  // cross_attend reads the strides
+      TORCH_CHECK(keys->size(1) * keys->size(3) == d, fn, ": keys (rows, heads, text, head_dim) ",
+                  shape_text(keys->sizes()), " must have heads x head_dim = ", d);
+      expect(fn, "values", *values, keys->sizes(), Dtype::fp32, false);
+      if (key_mask.has_value()) expect(fn, "key_mask", *key_mask, {rows, keys->size(2)}, Dtype::boolean, false);
+    }
+    const bool mlp = mlp_norm.has_value();  // a Mamba-2 stack's blocks have none
+    TORCH_CHECK(mlp == fc1.has_value() && mlp == fc2.has_value(), fn, ": an MLP needs its mlp_norm, fc1 and fc2");
+    if (!mlp) return 0;
+    expect(fn, "mlp_norm", *mlp_norm, {d}, Dtype::fp32);
+    check_weight(fn, "fc1", *fc1, -1, d);
+    const int64_t hidden = fc1->size(0);
+    check_bias(fn, "fc1_bias", fc1_bias, hidden);
+    check_weight(fn, "fc2", *fc2, d, hidden);
+    check_bias(fn, "fc2_bias", fc2_bias, d);
+    return hidden;
+  }
+
+  // res (rows, d), the residual stream, += cross(norm(res)), then += mlp(norm(res)); `hidden` from check().
+  void run(float* res, int64_t rows, int64_t d, int64_t hidden) const {
+    std::vector<float> normed(rows * d), back(rows * d);
+    if (cross_norm.has_value()) {
+      std::vector<float> q(rows * d), attended(rows * d);
+      rms_norm_into(res, cross_norm->data_ptr<float>(), normed.data(), rows, d, cross_eps);
+      linear_into(*q_proj, normed.data(), q.data(), rows, d);
+      cross_attend(q.data(), *keys, *values, key_mask, attended.data(), rows);
+      linear_into(*cross_out, attended.data(), back.data(), rows, d);
+      for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+    }
+    if (!mlp_norm.has_value()) return;
+    std::vector<float> hid(rows * hidden);
+    rms_norm_into(res, mlp_norm->data_ptr<float>(), normed.data(), rows, d, mlp_eps);
+    linear_into(*fc1, normed.data(), hid.data(), rows, d);
+    add_bias(fc1_bias, hid.data(), rows, hidden);
+    gelu_inplace(hid.data(), rows * hidden);
+    linear_into(*fc2, hid.data(), back.data(), rows, hidden);
+    add_bias(fc2_bias, back.data(), rows, d);
+    for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+  }
+};
+
+// The checks every block kernel makes of x (rows, d) and its mixer_norm (d,) and in_proj; returns d.
+static int64_t check_block_input(const char* fn, const torch::Tensor& x, const torch::Tensor& mixer_norm,
+                                 const torch::Tensor& in_proj, const c10::optional<torch::Tensor>& in_bias) {
+  expect(fn, "mixer_norm", mixer_norm, {-1}, Dtype::fp32);
+  const int64_t d = mixer_norm.size(0);  // d_model
+  expect(fn, "x", x, {-1, d}, Dtype::fp32);
+  const int64_t rows = x.size(0);
+  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, fn, ": x must have 1 to ", MAX_ROWS, " rows, not ", rows);
+  check_weight(fn, "in_proj", in_proj, -1, d);
+  check_bias(fn, "in_bias", in_bias, in_proj.size(0));
+  return d;
+}
+
+// in_proj(norm(res)) for the mixer: (rows, in_proj's outputs).
+static torch::Tensor project_in(const float* res, const torch::Tensor& x, const torch::Tensor& mixer_norm,
+                                double mixer_eps, const torch::Tensor& in_proj,
+                                const c10::optional<torch::Tensor>& in_bias) {
+  const int64_t rows = x.size(0), d = x.size(1);
+  std::vector<float> normed(rows * d);
+  rms_norm_into(res, mixer_norm.data_ptr<float>(), normed.data(), rows, d, mixer_eps);
+  auto projected = torch::empty({rows, in_proj.size(0)}, x.options());
+  linear_into(in_proj, normed.data(), projected.data_ptr<float>(), rows, d);
+  add_bias(in_bias, projected.data_ptr<float>(), rows, in_proj.size(0));
+  return projected;
+}
+
+// res (rows, d) += out_proj(y), y (rows, d_inner) the mixer's output.
+static void project_out(float* res, const torch::Tensor& y, const torch::Tensor& out_proj,
+                        const c10::optional<torch::Tensor>& out_bias, int64_t d) {
+  const int64_t rows = y.size(0);
+  std::vector<float> back(rows * d);
+  linear_into(out_proj, y.data_ptr<float>(), back.data(), rows, y.size(1));
+  add_bias(out_bias, back.data(), rows, d);
+  for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+}
+
 // The state comes first (conv_state, ssm_state, and for cross-attention the text keys, values and
-// mask), then the block's weights in the order Block._block_kernel caches them.
+// mask), then the block's weights in the order Mamba2BlockKernel holds them.
 torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tensor ssm_state,
                          c10::optional<torch::Tensor> keys, c10::optional<torch::Tensor> values,
                          c10::optional<torch::Tensor> key_mask, torch::Tensor mixer_norm, double mixer_eps,
@@ -700,75 +796,22 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tenso
                          c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
                          c10::optional<torch::Tensor> fc2_bias) {
   const char* fn = "block_step";
-  expect(fn, "mixer_norm", mixer_norm, {-1}, Dtype::fp32);
-  const int64_t d = mixer_norm.size(0);  // d_model
-  expect(fn, "x", x, {-1, d}, Dtype::fp32);
-  const int64_t rows = x.size(0);
-  TORCH_CHECK(rows >= 1 && rows <= MAX_ROWS, fn, ": x must have 1 to ", MAX_ROWS, " rows, not ", rows);
-  check_weight(fn, "in_proj", in_proj, -1, d);
-  check_bias(fn, "in_bias", in_bias, in_proj.size(0));
+  const int64_t d = check_block_input(fn, x, mixer_norm, in_proj, in_bias), rows = x.size(0);
   const auto dims = check_mamba2(fn, "x", "in_proj's outputs", rows, in_proj.size(0), conv_state, conv_weight, conv_bias,
                                  dt_bias, A_log, D, "gate_norm", gate_norm, ssm_state, ngroups);
-  const int64_t d_inner = dims.d_inner;
-  check_weight(fn, "out_proj", out_proj, d, d_inner);
+  check_weight(fn, "out_proj", out_proj, d, dims.d_inner);
   check_bias(fn, "out_bias", out_bias, d);
-  const bool cross = cross_norm.has_value();  // cross-attention to the text, between mixer and MLP
-  TORCH_CHECK(cross == q_proj.has_value() && cross == keys.has_value() && cross == values.has_value() &&
-                  cross == cross_out.has_value() && (cross || !key_mask.has_value()),
-              fn, ": cross-attention needs its cross_norm, q_proj, keys, values and cross_out (and key_mask only with them)");
-  if (cross) {
-    expect(fn, "cross_norm", *cross_norm, {d}, Dtype::fp32);
-    check_weight(fn, "q_proj", *q_proj, d, d);
-    check_weight(fn, "cross_out", *cross_out, d, d);
-    expect(fn, "keys", *keys, {rows, -1, -1, -1}, Dtype::fp32, false);  // cross_attend reads the strides
-    TORCH_CHECK(keys->size(1) * keys->size(3) == d, fn, ": keys (rows, heads, text, head_dim) ",
-                shape_text(keys->sizes()), " must have heads x head_dim = ", d);
-    expect(fn, "values", *values, keys->sizes(), Dtype::fp32, false);
-    if (key_mask.has_value()) expect(fn, "key_mask", *key_mask, {rows, keys->size(2)}, Dtype::boolean, false);
-  }
-  const bool mlp = mlp_norm.has_value();  // a Mamba-2 stack's blocks have none
-  TORCH_CHECK(mlp == fc1.has_value() && mlp == fc2.has_value(), fn, ": an MLP needs its mlp_norm, fc1 and fc2");
-  int64_t hidden = 0;
-  if (mlp) {
-    expect(fn, "mlp_norm", *mlp_norm, {d}, Dtype::fp32);
-    check_weight(fn, "fc1", *fc1, -1, d);
-    hidden = fc1->size(0);
-    check_bias(fn, "fc1_bias", fc1_bias, hidden);
-    check_weight(fn, "fc2", *fc2, d, hidden);
-    check_bias(fn, "fc2_bias", fc2_bias, d);
-  }
+  const BlockRest rest{keys,     values,   key_mask, cross_norm, cross_eps, q_proj,  cross_out,
+                       mlp_norm, mlp_eps,  fc1,      fc1_bias,   fc2,       fc2_bias};
+  const int64_t hidden = rest.check(fn, d, rows);
 
   auto out = x.clone();  // the residual stream
   float* res = out.data_ptr<float>();
-  std::vector<float> normed(rows * d), back(rows * d), hid(rows * hidden);
-
-  rms_norm_into(res, mixer_norm.data_ptr<float>(), normed.data(), rows, d, mixer_eps);
-  auto zxbcdt = torch::empty({rows, in_proj.size(0)}, x.options());
-  linear_into(in_proj, normed.data(), zxbcdt.data_ptr<float>(), rows, d);
-  add_bias(in_bias, zxbcdt.data_ptr<float>(), rows, in_proj.size(0));
+  const auto zxbcdt = project_in(res, x, mixer_norm, mixer_eps, in_proj, in_bias);
   const auto y = mamba2_checked(dims, zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, gate_norm,
                                 ssm_state, gate_eps);
-  linear_into(out_proj, y.data_ptr<float>(), back.data(), rows, d_inner);
-  add_bias(out_bias, back.data(), rows, d);
-  for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
-
-  if (cross) {
-    std::vector<float> q(rows * d), attended(rows * d);
-    rms_norm_into(res, cross_norm->data_ptr<float>(), normed.data(), rows, d, cross_eps);
-    linear_into(*q_proj, normed.data(), q.data(), rows, d);
-    cross_attend(q.data(), *keys, *values, key_mask, attended.data(), rows);
-    linear_into(*cross_out, attended.data(), back.data(), rows, d);
-    for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
-  }
-  if (!mlp) return out;
-
-  rms_norm_into(res, mlp_norm->data_ptr<float>(), normed.data(), rows, d, mlp_eps);
-  linear_into(*fc1, normed.data(), hid.data(), rows, d);
-  add_bias(fc1_bias, hid.data(), rows, hidden);
-  gelu_inplace(hid.data(), rows * hidden);
-  linear_into(*fc2, hid.data(), back.data(), rows, hidden);
-  add_bias(fc2_bias, back.data(), rows, d);
-  for (int64_t i = 0; i < rows * d; ++i) res[i] += back[i];
+  project_out(res, y, out_proj, out_bias, d);
+  rest.run(res, rows, d, hidden);
   return out;
 }
 
