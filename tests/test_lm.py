@@ -161,7 +161,7 @@ def test_masked_positions_leave_the_ssm_state_as_if_absent(kind):
 
 
 @pytest.mark.parametrize("cond", ["prefix", "cross"])
-@pytest.mark.parametrize("kind", ["simba", "mamba2", "simba3", "mamba3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_step_with_fewer_rows_than_its_state_is_refused(kind, cond):
     """The state's own check, before any cross-attention: one token row would broadcast over two."""
     lm = tiny_lm(kind, cond)

@@ -32,6 +32,13 @@ class KVCache(BatchState):
     mask: Tensor  # (B, capacity) bool: True for real positions
     length: int
 
+    def check_rows(self, rows: int) -> None:
+        if rows != self.k.shape[0]:
+            raise ValueError(
+                f"decoding step: {rows} input rows on a state of {self.k.shape[0]} rows (the key cache); a step "
+                "takes one input row per state row"
+            )
+
     def append(self, k: Tensor, v: Tensor) -> KVCache:
         """Add one position, k and v (B, H, hd); returns the cache that holds it."""
         cache = self if self.length < self.k.shape[2] else self._grown()

@@ -13,6 +13,7 @@ from ssmttm.backbones.base import BatchState, Context, Mixer, matmul_flops, padd
 from ssmttm.backbones.mamba2 import inverse_softplus_dt
 from ssmttm.ops.conv import causal_conv1d, causal_conv1d_step, conv_window
 from ssmttm.ops.linear import linear
+from ssmttm.ops.mamba2_step import check_rows
 from ssmttm.ops.selective_scan import selective_scan_chunked, selective_scan_step
 
 
@@ -36,6 +37,9 @@ class MambaState(BatchState):
 
     conv: Tensor  # (B, d_inner, d_conv): the convolution's last d_conv inputs
     ssm: Tensor  # (B, d_inner, d_state)
+
+    def check_rows(self, rows: int) -> None:
+        check_rows(rows, self.conv, self.ssm)
 
 
 class Mamba(Mixer[MambaState]):
