@@ -7,7 +7,7 @@ import torch
 from conftest import KINDS, tiny_lm
 
 from ssmttm.backbones.mamba2 import Mamba2BlockKernel
-from ssmttm.backbones.mamba3 import Mamba3
+from ssmttm.backbones.mamba3 import Mamba3BlockKernel
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator, SamplingConfig
 from ssmttm.generation.cuda_graph import GraphedStep
@@ -184,16 +184,16 @@ def test_cpu_kernels_decode_like_the_pytorch_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["simba3", "mamba3"])
-def test_mamba3_blocks_step_through_the_pytorch_mixer_where_the_kernels_build(kind, monkeypatch):
-    """The C++ kernels hold no Mamba-3 step yet: its blocks get no fused step (not Mamba-2's either)
-    and decode through `Mamba3.step`, with fp32 or bf16 weights and state, to the same tokens as
-    without the kernels."""
+def test_mamba3_blocks_decode_on_their_block_kernel_where_the_kernels_build(kind, monkeypatch):
+    """Mamba-3 blocks get their own fused step (Mamba3BlockKernel; not Mamba-2's) and decode through
+    it, with fp32 or bf16 weights and state; in fp32 to the same tokens as without the kernels."""
     lm = tiny_lm(kind, "cross")
     assert cpu_kernels.available()
-    assert all(block._fused_step is None and Mamba2BlockKernel.for_block(block) is None for block in lm.backbone.layers)
+    for block in lm.backbone.layers:
+        assert isinstance(block._fused_step, Mamba3BlockKernel) and Mamba2BlockKernel.for_block(block) is None
     calls = []
-    step = Mamba3.step
-    monkeypatch.setattr(Mamba3, "step", lambda self, x, state: calls.append(x.shape) or step(self, x, state))
+    step = Mamba3BlockKernel.step
+    monkeypatch.setattr(Mamba3BlockKernel, "step", lambda self, x, state: calls.append(x.shape) or step(self, x, state))
     text = torch.randn(2, L, TEXT_DIM)
     sampling = SamplingConfig(temperature=0, cfg_scale=3.0)
     with_kernels = Generator(lm).generate(Conditioning(text), 8, sampling=sampling)

@@ -11,20 +11,34 @@ JSON also spells out the equations.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmttm.backbones.base import BatchState, Context, Mixer, matmul_flops, padded_length
-from ssmttm.backbones.mamba2 import inverse_softplus_dt
+from ssmttm.backbones.mamba2 import block_kernel_applies, inverse_softplus_dt, kernel_norms, rest_of_block, rms_eps
+from ssmttm.ops import cpu_kernels
 from ssmttm.ops.linear import linear
+from ssmttm.ops.mamba3_step import (
+    TWO_PI,
+    Mamba3Weights,
+    Projected,
+    check_rows,
+    gate,
+    gated_head_norm,
+    mamba3_step_fused,
+    mamba3_step_ref,
+    project,
+    rotate,
+    up,
+)
 from ssmttm.ops.ssd3 import ssd3_chunked, trapezoid_weights
 
-TWO_PI = 2 * math.pi
+if TYPE_CHECKING:  # annotations only: blocks.py builds blocks from the registry, which imports this file
+    from ssmttm.backbones.blocks import Block, BlockState
 
 
 @dataclass
@@ -77,24 +91,7 @@ class Mamba3State(BatchState):
     v: Tensor  # (B, H, P): the latest real position's x, before any MIMO up-projection
 
     def check_rows(self, rows: int) -> None:
-        if not rows == self.ssm.shape[0] == self.k.shape[0]:
-            raise ValueError(
-                f"decoding step: {rows} input rows on a state of {self.ssm.shape[0]} rows; a step takes "
-                "one input row per state row"
-            )
-
-
-class Projected(NamedTuple):
-    """One or more positions' in_proj output, split and activated; `...` is (B, T) or (B,)."""
-
-    z: Tensor  # (..., H, P)
-    x: Tensor  # (..., H, P)
-    q: Tensor  # (..., R, H, N): C_norm(C) + C_bias, not yet rotated
-    k: Tensor  # (..., R, H, N): B_norm(B) + B_bias, not yet rotated
-    dt: Tensor  # (..., H)
-    log_decay: Tensor  # (..., H): A_t dt_t
-    trap: Tensor  # (..., H)
-    turn: Tensor  # (..., H, S): the phase this position adds, pi tanh(angles) dt
+        check_rows(rows, self.ssm, self.k)
 
 
 class GatedHeadNorm(nn.Module):
@@ -108,33 +105,7 @@ class GatedHeadNorm(nn.Module):
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         """y, z (..., H, P) -> (..., H, P)."""
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y * self.weight.view(y.shape[-2:]) * F.silu(z)
-
-
-def heavy_tail(x: Tensor) -> Tensor:
-    """1 + x for x >= 0, 1 / (1 - x) below: positive, continuous and smooth at 0. Written with
-    clamps, not `where`, so that neither branch is ever evaluated where it blows up (a `where`
-    would still backpropagate 0 * inf = nan through the unused one)."""
-    return x.clamp(min=0) + 1 / (1 - x.clamp(max=0))
-
-
-def rotate(t: Tensor, theta: Tensor, pairwise: bool) -> Tensor:
-    """Turn pairs of t's entries (..., N) by the angles theta (..., S); the others pass through.
-
-    pairwise: pairs (2i, 2i + 1), i < S, as mamba_ssm's SISO kernels. Otherwise "halved" pairs
-    (i, i + N/2), as its MIMO (TileLang) kernels; either way the dot products q . k agree.
-    """
-    s = theta.shape[-1]
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    if pairwise:
-        pairs = t[..., : 2 * s].unflatten(-1, (s, 2))  # (..., S, 2)
-        t0, t1 = pairs[..., 0], pairs[..., 1]
-        turned = torch.stack([t0 * cos - t1 * sin, t0 * sin + t1 * cos], dim=-1).flatten(-2)  # (..., 2S)
-        return torch.cat([turned, t[..., 2 * s :]], dim=-1)
-    half = t.shape[-1] // 2
-    t0, t1 = t[..., :s], t[..., half : half + s]
-    return torch.cat([t0 * cos - t1 * sin, t[..., s:half], t0 * sin + t1 * cos, t[..., half + s :]], dim=-1)
+        return gated_head_norm(y, z, self.weight, self.eps)
 
 
 def rope_angles(d_state: int, rope_fraction: float) -> int:
@@ -188,17 +159,18 @@ class Mamba3(Mixer[Mamba3State]):
         if length == 0:
             return x.new_zeros(x.shape), self.empty_state(batch, x)
         keep = ctx.mask  # (B, T) bool or None
-        p = self._project(linear(x, self.in_proj), keep)
+        w = self.weights()
+        p = project(linear(x, self.in_proj), w, self.cfg.headdim, self.num_rope_angles, keep)
         # The phase accumulates over the whole sequence: summed in float64, so a long sequence
         # does not lose the low bits of each position's turn, and reduced mod 2 pi like step's.
         theta = torch.remainder(p.turn.double().cumsum(1), TWO_PI).to(p.turn.dtype)  # (B, T, H, S)
         q = rotate(p.q, theta[:, :, None], pairwise=not self.cfg.is_mimo)  # (B, T, R, H, N)
         k = rotate(p.k, theta[:, :, None], pairwise=not self.cfg.is_mimo)  # (B, T, R, H, N)
-        v = self._up(p.x)  # (B, T, R, H, P)
-        w, gamma = trapezoid_weights(p.dt, p.trap, keep)  # (B, T, H) each
-        y, ssm = ssd3_chunked(v, q, k, p.log_decay, w, gamma, self.cfg.chunk_size)  # (B, T, R, H, P)
+        v = up(p.x, w)  # (B, T, R, H, P)
+        weight, gamma = trapezoid_weights(p.dt, p.trap, keep)  # (B, T, H) each
+        y, ssm = ssd3_chunked(v, q, k, p.log_decay, weight, gamma, self.cfg.chunk_size)  # (B, T, R, H, P)
         y = y + v * self.D[:, None]
-        out = linear(self._gate(y, p.z), self.out_proj)  # (B, T, D)
+        out = linear(gate(y, p.z, w), self.out_proj)  # (B, T, D)
         last = _last_real(length, keep, x.device)  # (B,)
         rows = torch.arange(batch, device=x.device)
         state = Mamba3State(
@@ -211,30 +183,13 @@ class Mamba3(Mixer[Mamba3State]):
 
     def step(self, x: Tensor, state: Mamba3State) -> tuple[Tensor, Mamba3State]:
         """x (B, D) -> (B, D); updates `state` in place."""
-        state.check_rows(x.shape[0])
-        p = self._project(linear(x, self.in_proj), None)
-        theta = torch.remainder(state.angle + p.turn, TWO_PI)  # (B, H, S)
-        q = rotate(p.q, theta[:, None], pairwise=not self.cfg.is_mimo)  # (B, R, H, N)
-        k = rotate(p.k, theta[:, None], pairwise=not self.cfg.is_mimo)  # (B, R, H, N)
-        alpha = torch.exp(p.log_decay)  # (B, H)
-        beta = (1 - p.trap) * p.dt * alpha  # (B, H): the previous input's second share
-        gamma = p.trap * p.dt  # (B, H)
-        v = self._up(p.x)  # (B, R, H, P)
-        # Both inputs in one product of inner size 2R: [beta v_prev, gamma v] (P, 2R) x [k_prev; k] (2R, N)
-        vs = torch.cat([self._up(state.v) * beta[:, None, :, None], v * gamma[:, None, :, None]], dim=1)
-        ks = torch.cat([state.k, k], dim=1)  # (B, 2R, H, N)
-        inputs = vs.permute(0, 2, 3, 1) @ ks.transpose(1, 2)  # (B, H, P, N)
-        if state.ssm.dtype == inputs.dtype:  # in place: no fresh state per layer and step
-            ssm = state.ssm.mul_(alpha[..., None, None]).add_(inputs)
-        else:  # a state stored narrower is updated in the inputs' precision and rounded once
-            ssm = torch.addcmul(inputs, state.ssm.to(inputs.dtype), alpha[..., None, None])
-            state.ssm.copy_(ssm)
-        y = (ssm @ q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, H, P, R) -> (B, R, H, P)
-        y = y + v * self.D[:, None]
-        state.angle.copy_(theta)
-        state.k.copy_(k)
-        state.v.copy_(p.x)
-        return linear(self._gate(y, p.z), self.out_proj), state
+        zxbc = linear(x, self.in_proj)
+        # The fused CPU kernel (ops/cpu_kernels.cpp) wherever it runs, as Mamba-2's step; the
+        # PyTorch twin elsewhere. The kernel reads an fp32 phase, k and v, as empty_state makes them.
+        fused = zxbc.dtype == state.k.dtype == torch.float32 and zxbc.is_cpu and cpu_kernels.available()
+        inner = mamba3_step_fused if fused else mamba3_step_ref
+        y = inner(zxbc, state.angle, state.ssm, state.k, state.v, self.weights())
+        return linear(y, self.out_proj), state
 
     def empty_state(self, batch: int, like: Tensor) -> Mamba3State:
         """The state before any position (mamba_ssm's `allocate_inference_cache`), on like's device;
@@ -247,42 +202,29 @@ class Mamba3(Mixer[Mamba3State]):
             v=like.new_zeros(batch, h, cfg.headdim),
         )
 
-    def _project(self, zxbc: Tensor, keep: Tensor | None) -> Projected:
-        """in_proj's output (..., d_in_proj) split and activated; keep (B, T) zeroes dt where False,
-        so that a masked position neither decays nor turns the state nor feeds it."""
-        cfg = self.cfg
-        z, x, B, C, dd_dt, dd_A, trap, angles = zxbc.split(self.split, dim=-1)
-        dt = F.softplus(dd_dt + self.dt_bias)  # (..., H)
-        if keep is not None:
-            dt = dt * keep[..., None].to(dt.dtype)
-        A = -heavy_tail(dd_A.float()).clamp(min=cfg.a_floor)  # (..., H)
-        return Projected(
-            z=z.unflatten(-1, (self.nheads, cfg.headdim)),
-            x=x.unflatten(-1, (self.nheads, cfg.headdim)),
-            q=self._per_head(self.C_norm, C, self.C_bias),
-            k=self._per_head(self.B_norm, B, self.B_bias),
-            dt=dt,
-            log_decay=A * dt,
-            trap=torch.sigmoid(trap),
-            turn=math.pi * torch.tanh(angles.float())[..., None, :] * dt[..., None],  # shared by heads, scaled per head
+    def weights(self) -> Mamba3Weights:
+        """The parameters between in_proj and out_proj, as ops/mamba3_step.py takes them."""
+        mimo = (self.mimo_x, self.mimo_z, self.mimo_o) if self.cfg.is_mimo else (None, None, None)
+        norm = self.norm
+        return Mamba3Weights(
+            self.cfg.ngroups,
+            self.dt_bias,
+            self.cfg.a_floor,
+            self.B_norm.weight,
+            rms_eps(self.B_norm),
+            self.C_norm.weight,
+            rms_eps(self.C_norm),
+            self.B_bias,
+            self.C_bias,
+            self.D,
+            *mimo,
+            None if norm is None else norm.weight,
+            0.0 if norm is None else norm.eps,
         )
 
-    def _per_head(self, norm: nn.RMSNorm, bc: Tensor, bias: Tensor) -> Tensor:
-        """B or C (..., R G N), laid out rank outermost, -> (..., R, H, N), normed, with the heads' biases."""
-        groups = norm(bc.unflatten(-1, (self.rank, self.cfg.ngroups, self.cfg.d_state)))  # (..., R, G, N)
-        return groups.repeat_interleave(self.nheads // self.cfg.ngroups, dim=-2) + bias.transpose(0, 1)
-
-    def _up(self, x: Tensor) -> Tensor:
-        """x (..., H, P) -> its R ranks (..., R, H, P): x^r = x * mimo_x[:, r]; SISO adds a rank dim."""
-        return x.unsqueeze(-3) * self.mimo_x.transpose(0, 1) if self.cfg.is_mimo else x.unsqueeze(-3)
-
-    def _gate(self, y: Tensor, z: Tensor) -> Tensor:
-        """y (..., R, H, P) and z (..., H, P) -> (..., H P): gated (and normed) per rank, then the
-        ranks summed with mimo_o."""
-        z = z.unsqueeze(-3) * self.mimo_z.transpose(0, 1) if self.cfg.is_mimo else z.unsqueeze(-3)  # (..., R, H, P)
-        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
-        y = (y * self.mimo_o.transpose(0, 1)).sum(-3) if self.cfg.is_mimo else y.squeeze(-3)  # (..., H, P)
-        return y.flatten(-2)
+    def _project(self, zxbc: Tensor, keep: Tensor | None) -> Projected:
+        """in_proj's output (..., d_in_proj) split and activated (ops/mamba3_step.py's `project`)."""
+        return project(zxbc, self.weights(), self.cfg.headdim, self.num_rope_angles, keep)
 
 
 def _last_real(length: int, keep: Tensor | None, device: torch.device) -> Tensor:
@@ -326,3 +268,72 @@ def mamba3_state_bytes(d_model: int, cfg: Mamba3Config, state_dtype: torch.dtype
     angle = nheads * rope_angles(cfg.d_state, cfg.rope_fraction) * 4
     kv = (r * nheads * cfg.d_state + d_inner) * 4
     return angle + d_inner * cfg.d_state * state_dtype.itemsize + kv
+
+
+# -- the fused CPU step of a whole block ------------------------------------------------------------
+
+
+class Mamba3BlockKernel(NamedTuple):
+    """What `mamba3_block_step` (ops/cpu_kernels.cpp) reads of one Mamba-3 or SiMBA-3 block: norm ->
+    Mamba-3 -> residual, then any cross-attention and MLP, in one C++ call per position; Mamba-2's
+    `Mamba2BlockKernel` for this mixer, SISO or MIMO.
+
+    It holds the Parameters themselves, so a later cast of their data (`.to`, `cast_linear_weights`)
+    is seen; replacing a submodule afterwards is not."""
+
+    cross: bool  # whether the block attends to the text
+    linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
+    fp32_weights: tuple[Tensor, ...]  # each must be fp32: the norms' and the mixer's vectors
+    weights: tuple  # mamba3_block_step's arguments after the state's
+    check_rows: Callable[[Tensor, BlockState], None]  # the block's own row check, shared with its modules' step
+
+    @classmethod
+    def for_block(cls, block: Block) -> Mamba3BlockKernel | None:
+        """The kernel's view of `block`, or None if its layout is not one the kernel takes (a Mamba-3
+        mixer and RMSNorms with weights)."""
+        mixer = block.mixer
+        norms = kernel_norms(block)
+        if not isinstance(mixer, Mamba3) or not norms:
+            return None
+        rest, rest_linears = rest_of_block(block)
+        mixer_weights = mixer.weights()
+        weights = (
+            block.mixer_norm.weight,
+            rms_eps(block.mixer_norm),
+            mixer.in_proj.weight,
+            mixer.in_proj.bias,
+            *mixer_weights,
+            mixer.out_proj.weight,
+            mixer.out_proj.bias,
+            *rest,
+        )
+        linears = [mixer.in_proj, mixer.out_proj, *rest_linears]
+        vectors = [w for w in mixer_weights if isinstance(w, Tensor)]
+        return cls(
+            block.cross is not None,
+            tuple(layer.weight for layer in linears),
+            tuple([n.weight for n in norms] + vectors),
+            weights,
+            block.check_rows,
+        )
+
+    def __call__(self, x: Tensor, block_state: BlockState, training: bool) -> Tensor | None:
+        """The block's output for x (B, D), the mixer's state updated in place; None where the
+        kernel does not apply, for the block's modules to step instead."""
+        return self.step(x, block_state) if self.applies(x, block_state, training) else None
+
+    def applies(self, x: Tensor, block_state: BlockState, training: bool) -> bool:
+        """As Mamba-2's block kernel: fp32 rows on a CPU with the C++ kernels built, no autograd,
+        weights in dtypes it reads; and the fp32 phase, k and v that empty_state makes."""
+        state = block_state.mixer
+        fp32 = state.k.dtype == state.v.dtype == state.angle.dtype == torch.float32
+        return fp32 and block_kernel_applies(self, x, block_state, training)
+
+    def step(self, x: Tensor, block_state: BlockState) -> Tensor:
+        """The block's step in one C++ call (ops/cpu_kernels.cpp); the mixer's state is updated in place."""
+        state, memory = block_state.mixer, block_state.cross
+        self.check_rows(x, block_state)  # first: a batch mismatch is the modules' ValueError, not the kernel's
+        text = (None, None, None) if memory is None else (memory.k, memory.v, memory.mask)
+        return cpu_kernels.extension().mamba3_block_step(
+            x.contiguous(), state.angle, state.ssm, state.k, state.v, *text, *self.weights
+        )

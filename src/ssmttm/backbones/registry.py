@@ -25,7 +25,7 @@ from ssmttm.backbones.base import Mixer
 from ssmttm.backbones.blocks import Block, FusedBlockStep, StackBackbone, build_stack
 from ssmttm.backbones.mamba import Mamba, MambaConfig, mamba_flops, mamba_state_bytes
 from ssmttm.backbones.mamba2 import Mamba2, Mamba2BlockKernel, Mamba2Config, mamba2_flops, mamba2_state_bytes
-from ssmttm.backbones.mamba3 import Mamba3, Mamba3Config, mamba3_flops, mamba3_state_bytes
+from ssmttm.backbones.mamba3 import Mamba3, Mamba3BlockKernel, Mamba3Config, mamba3_flops, mamba3_state_bytes
 from ssmttm.config import ConfigError
 
 # The dtypes a step's Linear weights may be stored in: every mixer's modules take both (ops/linear.py).
@@ -109,7 +109,6 @@ _MAMBA2 = dict(
     fused_cpu_step=Mamba2BlockKernel.for_block,
 )
 
-# No fused CPU step yet: its blocks step module by module, through Mamba3.step.
 _MAMBA3 = dict(
     build=_mamba3,
     norm=nn.RMSNorm,
@@ -117,6 +116,7 @@ _MAMBA3 = dict(
     state_bytes=lambda cfg, positions, dtype: mamba3_state_bytes(cfg.d_model, cfg.mamba3, dtype),
     fixed_state=True,
     state_dtypes=_SSM_STATES,
+    fused_cpu_step=Mamba3BlockKernel.for_block,
 )
 
 MIXERS: dict[str, MixerSpec] = {

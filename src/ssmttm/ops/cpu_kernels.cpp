@@ -14,6 +14,9 @@
 // block_step: a whole Mamba-2 or SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual;
 // then any cross-attention to the text and any MLP, each after an RMSNorm, each with its residual)
 // in one call, so that no small op runs between the weight reads. Twin: Block._step_modules.
+//
+// mamba3_step and mamba3_block_step: the same two for Mamba-3 (the mamba3 and simba3 kinds), SISO
+// and MIMO. Twins: mamba3_step_ref (ops/mamba3_step.py) and Block._step_modules.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -129,13 +132,43 @@ static inline float load_fp32(const uint16_t* s, int64_t n) { return widen_bf16(
 static inline void store_state(float* s, int64_t n, float v) { s[n] = v; }
 static inline void store_state(uint16_t* s, int64_t n, float v) { s[n] = narrow_bf16(v); }
 
-// One row s (n,) of the state: s = s * decay + input * B, stored; returns sum(s * C).
-template <typename T>
-static inline float update_row(T* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
+// What a state row takes at entry n besides its decayed self: the step's input to the state.
+// Mamba-2: one rank-1 term, input * B[n].
+struct OneInput {
+  const float* B;
+  float input;
+  float at(int64_t n) const { return input * B[n]; }
+#if defined(__AVX512F__)
+  __m512 at16(int64_t n, __mmask16 m) const { return _mm512_mul_ps(_mm512_set1_ps(input), _mm512_maskz_loadu_ps(m, B + n)); }
+  __m512 at16(int64_t n) const { return _mm512_mul_ps(_mm512_set1_ps(input), _mm512_loadu_ps(B + n)); }
+#endif
+};
+
+// Mamba-3's trapezoidal rule: the previous input's second share and this input's first,
+// prev * k_prev[n] + now * k[n].
+struct TwoInputs {
+  const float *k_prev, *k;
+  float prev, now;
+  float at(int64_t n) const { return prev * k_prev[n] + now * k[n]; }
+#if defined(__AVX512F__)
+  __m512 at16(int64_t n, __mmask16 m) const {
+    return _mm512_fmadd_ps(_mm512_set1_ps(prev), _mm512_maskz_loadu_ps(m, k_prev + n),
+                           _mm512_mul_ps(_mm512_set1_ps(now), _mm512_maskz_loadu_ps(m, k + n)));
+  }
+  __m512 at16(int64_t n) const {
+    return _mm512_fmadd_ps(_mm512_set1_ps(prev), _mm512_loadu_ps(k_prev + n),
+                           _mm512_mul_ps(_mm512_set1_ps(now), _mm512_loadu_ps(k + n)));
+  }
+#endif
+};
+
+// One row s (n,) of the state: s = s * decay + in, stored; returns sum(s * C).
+template <typename T, typename In>
+static inline float update_row(T* s, const In& in, const float* Cv, float decay, int64_t nstate) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t n = 0; n < nstate; ++n) {
-    const float v = load_fp32(s, n) * decay + input * Bv[n];
+    const float v = load_fp32(s, n) * decay + in.at(n);
     store_state(s, n, v);
     acc += v * Cv[n];
   }
@@ -150,14 +183,14 @@ static inline float update_row(T* s, const float* Bv, const float* Cv, float dec
 // fp32; the bf16 row, after the rounding below, from 41 to 46 GB/s against 2 KB ahead (which had
 // taken it from 3.7 to 2.1 ms a layer at batch 16).
 #define STATE_AHEAD 4096
-template <>
-inline float update_row(float* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
-  const __m512 d = _mm512_set1_ps(decay), in = _mm512_set1_ps(input);
+template <typename In>
+inline float update_row(float* s, const In& in, const float* Cv, float decay, int64_t nstate) {
+  const __m512 d = _mm512_set1_ps(decay);
   __m512 acc = _mm512_setzero_ps();
   for (int64_t n = 0; n < nstate; n += 16) {
     const __mmask16 m = tail_mask(nstate - n);
     _mm_prefetch(reinterpret_cast<const char*>(s + n + STATE_AHEAD), _MM_HINT_T0);
-    const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s + n), d, _mm512_mul_ps(in, _mm512_maskz_loadu_ps(m, Bv + n)));
+    const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s + n), d, in.at16(n, m));
     _mm512_mask_storeu_ps(s + n, m, v);
     acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, Cv + n), acc);
   }
@@ -165,11 +198,11 @@ inline float update_row(float* s, const float* Bv, const float* Cv, float decay,
 }
 
 // 16 entries of a bf16 row at n (m: which of them): updated, rounded and stored; returns v * C.
-static inline __m512 update_16(uint16_t* s, const float* Bv, const float* Cv, __m512 d, __m512 in, int64_t n,
-                               __mmask16 m) {
+template <typename In>
+static inline __m512 update_16(uint16_t* s, const In& in, const float* Cv, __m512 d, int64_t n, __mmask16 m) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
   const __m512i old = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + n)), 16);
-  const __m512 v = _mm512_fmadd_ps(_mm512_castsi512_ps(old), d, _mm512_mul_ps(in, _mm512_maskz_loadu_ps(m, Bv + n)));
+  const __m512 v = _mm512_fmadd_ps(_mm512_castsi512_ps(old), d, in.at16(n, m));
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
   __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
@@ -178,9 +211,9 @@ static inline __m512 update_16(uint16_t* s, const float* Bv, const float* Cv, __
   return _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, Cv + n));
 }
 
-template <>
-inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float decay, float input, int64_t nstate) {
-  const __m512 d = _mm512_set1_ps(decay), in = _mm512_set1_ps(input);
+template <typename In>
+inline float update_row(uint16_t* s, const In& in, const float* Cv, float decay, int64_t nstate) {
+  const __m512 d = _mm512_set1_ps(decay);
   __m512 acc = _mm512_setzero_ps();
   int64_t n = 0;
 #ifdef __AVX512BF16__
@@ -194,8 +227,8 @@ inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float dec
     const __m512i line = _mm512_loadu_si512(s + n);
     const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(line)), 16));
     const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(line, 1)), 16));
-    const __m512 v_lo = _mm512_fmadd_ps(lo, d, _mm512_mul_ps(in, _mm512_loadu_ps(Bv + n)));
-    const __m512 v_hi = _mm512_fmadd_ps(hi, d, _mm512_mul_ps(in, _mm512_loadu_ps(Bv + n + 16)));
+    const __m512 v_lo = _mm512_fmadd_ps(lo, d, in.at16(n));
+    const __m512 v_hi = _mm512_fmadd_ps(hi, d, in.at16(n + 16));
     acc = _mm512_fmadd_ps(v_lo, _mm512_loadu_ps(Cv + n), acc);
     acc_odd = _mm512_fmadd_ps(v_hi, _mm512_loadu_ps(Cv + n + 16), acc_odd);
     _mm512_storeu_si512(s + n, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v_hi, v_lo)));
@@ -205,7 +238,7 @@ inline float update_row(uint16_t* s, const float* Bv, const float* Cv, float dec
   for (; n < nstate; n += 16) {
     const __mmask16 m = tail_mask(nstate - n);
     _mm_prefetch(reinterpret_cast<const char*>(s + n + STATE_AHEAD), _MM_HINT_T0);
-    acc = _mm512_add_ps(acc, update_16(s, Bv, Cv, d, in, n, m));
+    acc = _mm512_add_ps(acc, update_16(s, in, Cv, d, n, m));
   }
   return _mm512_reduce_add_ps(acc);
 }
@@ -309,7 +342,7 @@ struct StateStep {
         const float* Bv = xbc + b * conv_dim + d_inner + g * nstate;
         const float* Cv = xbc + b * conv_dim + d_inner + ngroups * nstate + g * nstate;
         for (int64_t p = 0; p < hdim; ++p) {
-          const float acc = update_row(S + (bh * hdim + p) * nstate, Bv, Cv, decay, dt * x[p], nstate);
+          const float acc = update_row(S + (bh * hdim + p) * nstate, OneInput{Bv, dt * x[p]}, Cv, decay, nstate);
           Y[b * d_inner + h * hdim + p] = acc + skip[h] * x[p];
         }
       }
@@ -382,6 +415,276 @@ torch::Tensor mamba2_step(torch::Tensor zxbcdt, torch::Tensor conv_state, torch:
   const auto dims = check_mamba2("mamba2_step", "zxbcdt", "zxbcdt's width", zxbcdt.size(0), zxbcdt.size(1), conv_state,
                                  conv_weight, conv_bias, dt_bias, A_log, D, "norm_weight", norm_weight, ssm_state, ngroups);
   return mamba2_checked(dims, zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, ssm_state, eps);
+}
+
+// mamba3_step: everything between in_proj and out_proj of a Mamba-3 layer (backbones/mamba3.py) in
+// one call, one pass over the SSM state: per row and head, the in_proj row split and activated (dt,
+// A dt, trap, the phase's turn), B and C normed, biased and turned by the updated phase into this
+// position's k and q, the state decayed and fed the previous position's k and v (their second,
+// (1 - trap) dt share) and this one's (trap dt), read out by q, the D skip, and the gate (with the
+// per-head norm where the layer has one), over the R ranks of a MIMO layer. The state is stored in
+// fp32 or bf16 and updated in fp32, rounded once on the store; the phase, k and v stay fp32, as
+// Mamba3.empty_state makes them. Twin: ops/mamba3_step.py, mamba3_step_ref.
+
+// The sizes of a Mamba-3 step, from its state: ssm (B, H, P, N), k (B, R, H, N), angle (B, H, S).
+struct Mamba3Dims {
+  int64_t batch, heads, hdim, nstate, ranks, angles, ngroups, d_inner, bc, row;
+  bool mimo, head_norm;
+};
+
+// `rows` inputs (`input`: zxbc, or the block kernel's x) of `row` values each (`row_name`) against
+// the layer's state and parameters. mimo_x, mimo_z and mimo_o come together (a MIMO layer) or not at
+// all; norm_weight is there when the layer norms each head's output before the gate.
+static Mamba3Dims check_mamba3(const char* fn, const char* input, const char* row_name, int64_t rows, int64_t row,
+                               const torch::Tensor& angle_state, const torch::Tensor& ssm_state,
+                               const torch::Tensor& k_state, const torch::Tensor& v_state, int64_t ngroups,
+                               const torch::Tensor& dt_bias, const torch::Tensor& B_norm, const torch::Tensor& C_norm,
+                               const torch::Tensor& B_bias, const torch::Tensor& C_bias, const torch::Tensor& D,
+                               const c10::optional<torch::Tensor>& mimo_x, const c10::optional<torch::Tensor>& mimo_z,
+                               const c10::optional<torch::Tensor>& mimo_o,
+                               const c10::optional<torch::Tensor>& norm_weight) {
+  TORCH_CHECK(angle_state.dim() == 3 && ssm_state.dim() == 4 && k_state.dim() == 4 && v_state.dim() == 3 &&
+                  angle_state.size(0) == rows && ssm_state.size(0) == rows && k_state.size(0) == rows &&
+                  v_state.size(0) == rows,
+              fn, ": ", input, " has ", rows, " rows, angle_state (batch, heads, angles) is ",
+              shape_text(angle_state.sizes()), ", ssm_state (batch, heads, head_dim, d_state) ",
+              shape_text(ssm_state.sizes()), ", k_state (batch, ranks, heads, d_state) ", shape_text(k_state.sizes()),
+              " and v_state (batch, heads, head_dim) ", shape_text(v_state.sizes()),
+              ": the state needs one input row per batch row");
+  expect(fn, "ssm_state", ssm_state, {rows, -1, -1, -1}, Dtype::fp32_or_bf16);
+  const int64_t heads = ssm_state.size(1), hdim = ssm_state.size(2), nstate = ssm_state.size(3);
+  TORCH_CHECK(nstate >= 2 && nstate % 2 == 0, fn, ": ssm_state's d_state (", nstate, ") must be even");
+  expect(fn, "k_state", k_state, {rows, -1, heads, nstate}, Dtype::fp32);
+  const int64_t ranks = k_state.size(1);
+  expect(fn, "v_state", v_state, {rows, heads, hdim}, Dtype::fp32);
+  expect(fn, "angle_state", angle_state, {rows, heads, -1}, Dtype::fp32);
+  const int64_t angles = angle_state.size(2);
+  TORCH_CHECK(angles >= 1 && 2 * angles <= nstate, fn, ": angle_state's ", angles,
+              " angles must turn between 1 and d_state / 2 = ", nstate / 2, " pairs");
+  TORCH_CHECK(ngroups >= 1 && heads % ngroups == 0, fn, ": ngroups (", ngroups, ") must divide the ", heads,
+              " heads of ssm_state");
+  const bool mimo = mimo_x.has_value();
+  TORCH_CHECK(mimo == mimo_z.has_value() && mimo == mimo_o.has_value(), fn,
+              ": a MIMO layer needs all of mimo_x, mimo_z and mimo_o, a SISO layer none");
+  TORCH_CHECK(ranks >= 1 && (mimo || ranks == 1), fn, ": k_state has ", ranks,
+              " ranks; a SISO layer (no mimo_x) has 1");
+  if (mimo) {
+    expect(fn, "mimo_x", *mimo_x, {heads, ranks, hdim}, Dtype::fp32);
+    expect(fn, "mimo_z", *mimo_z, {heads, ranks, hdim}, Dtype::fp32);
+    expect(fn, "mimo_o", *mimo_o, {heads, ranks, hdim}, Dtype::fp32);
+  }
+  expect(fn, "dt_bias", dt_bias, {heads}, Dtype::fp32);
+  expect(fn, "B_norm", B_norm, {nstate}, Dtype::fp32);
+  expect(fn, "C_norm", C_norm, {nstate}, Dtype::fp32);
+  expect(fn, "B_bias", B_bias, {heads, ranks, nstate}, Dtype::fp32);
+  expect(fn, "C_bias", C_bias, {heads, ranks, nstate}, Dtype::fp32);
+  expect(fn, "D", D, {heads}, Dtype::fp32);
+  const int64_t d_inner = heads * hdim, bc = ranks * ngroups * nstate;
+  if (norm_weight.has_value()) expect(fn, "norm_weight", *norm_weight, {d_inner}, Dtype::fp32);
+  const int64_t width = 2 * d_inner + 2 * bc + 3 * heads + angles;
+  TORCH_CHECK(row == width, fn, ": ", row_name, " (", row, ") must be z ", d_inner, " + x ", d_inner, " + B ", bc,
+              " + C ", bc, " + dt, A and trap 3 x ", heads, " + angles ", angles, " = ", width, " for this state");
+  return {rows, heads, hdim, nstate, ranks, angles, ngroups, d_inner, bc, row, mimo, norm_weight.has_value()};
+}
+
+static inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
+
+// torch.remainder(v, 2 pi) in fp32: the phase kept in [0, 2 pi), as Mamba3.step keeps it.
+static inline float wrap_phase(float v) {
+  const float two_pi = static_cast<float>(2 * M_PI);
+  float mod = std::fmod(v, two_pi);
+  if (mod < 0.f) mod += two_pi;  // torch's rule for a positive divisor: the sign of the divisor
+  return mod;
+}
+
+// out (n,) = rmsnorm(bc) * weight + bias, then turned by theta (s angles): pairs (2i, 2i + 1) for
+// SISO, (i, i + n/2) for MIMO, as mamba3.py's `rotate`.
+static void norm_and_turn(const float* bc, const float* weight, const float* bias, double eps, const float* cos_t,
+                          const float* sin_t, int64_t angles, bool pairwise, float* out, int64_t nstate) {
+  float ss = 0.f;
+  for (int64_t n = 0; n < nstate; ++n) ss += bc[n] * bc[n];
+  const float scale = 1.f / std::sqrt(ss / nstate + static_cast<float>(eps));
+  for (int64_t n = 0; n < nstate; ++n) out[n] = bc[n] * scale * weight[n] + bias[n];
+  const int64_t stride = pairwise ? 2 : 1, other = pairwise ? 1 : nstate / 2;
+  for (int64_t i = 0; i < angles; ++i) {
+    float *a = out + i * stride, *b = a + other;
+    const float t0 = *a, t1 = *b;
+    *a = t0 * cos_t[i] - t1 * sin_t[i];
+    *b = t0 * sin_t[i] + t1 * cos_t[i];
+  }
+}
+
+// One row s (n,) of a MIMO state, through `buf` (n,): s = s * decay + sum_r (prev_r k_prev_r + now_r k_r),
+// stored once; y_r = s . q_r for each of the `ranks` ranks (k_prev, k, q: (ranks, n)).
+template <typename T>
+static void update_row_ranks(T* s, const float* k_prev, const float* k, const float* q, const float* prev,
+                             const float* now, float decay, int64_t ranks, int64_t nstate, float* buf, float* y) {
+  for (int64_t n = 0; n < nstate; ++n) buf[n] = load_fp32(s, n) * decay;
+  for (int64_t r = 0; r < ranks; ++r) {
+    const float *kp = k_prev + r * nstate, *kn = k + r * nstate;
+    const float a = prev[r], b = now[r];
+#pragma omp simd
+    for (int64_t n = 0; n < nstate; ++n) buf[n] += a * kp[n] + b * kn[n];
+  }
+  for (int64_t n = 0; n < nstate; ++n) store_state(s, n, buf[n]);
+  for (int64_t r = 0; r < ranks; ++r) {
+    const float* qr = q + r * nstate;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t n = 0; n < nstate; ++n) acc += buf[n] * qr[n];
+    y[r] = acc;
+  }
+}
+
+// The step for a state stored as T (float, or uint16_t holding bf16), one (row, head) at a time:
+// this position's k and q first, then the state's rows, then the gate.
+struct Mamba3StateStep {
+  const Mamba3Dims& dims;
+  const float *in, *dtb, *bw, *cw, *bb, *cb, *skip, *mx, *mz, *mo, *nw;
+  float *angle, *K, *V, *Y;
+  float a_floor;
+  double b_eps, c_eps, norm_eps;
+
+  template <typename T>
+  void run(T* S) const {
+    const int64_t heads = dims.heads, hdim = dims.hdim, nstate = dims.nstate, ranks = dims.ranks;
+    const int64_t angles = dims.angles, d_inner = dims.d_inner, bc = dims.bc, ngroups = dims.ngroups;
+    const int64_t heads_per_group = heads / ngroups;
+    at::parallel_for(0, dims.batch * heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> cos_t(angles), sin_t(angles), q(ranks * nstate), k(ranks * nstate), k_prev(ranks * nstate);
+      std::vector<float> buf(nstate), prev(ranks), now(ranks), up_x(ranks), y_r(ranks), y(ranks * hdim);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / heads, h = bh % heads, g = h / heads_per_group;
+        const float* r_in = in + b * dims.row;  // z, x, B, C, dt, A, trap, angles
+        const float *B = r_in + 2 * d_inner, *C = B + bc, *dd = C + bc;
+        const float *z = r_in + h * hdim, *x = r_in + d_inner + h * hdim;  // this head's
+        const float dt = softplus(dd[h] + dtb[h]);
+        const float raw_a = dd[heads + h];  // A = -max(heavy_tail(raw_a), a_floor)
+        const float A = -std::max(std::max(raw_a, 0.f) + 1.f / (1.f - std::min(raw_a, 0.f)), a_floor);
+        const float trap = sigmoid(dd[2 * heads + h]);
+        const float alpha = std::exp(A * dt), beta = (1.f - trap) * dt * alpha, gamma = trap * dt;
+
+        // The phase turns by pi tanh(angles) dt; this position's k and q are turned by it.
+        float* theta = angle + bh * angles;
+        const float* turn = dd + 3 * heads;
+        for (int64_t i = 0; i < angles; ++i) {
+          theta[i] = wrap_phase(theta[i] + static_cast<float>(M_PI) * std::tanh(turn[i]) * dt);
+          cos_t[i] = std::cos(theta[i]);
+          sin_t[i] = std::sin(theta[i]);
+        }
+        for (int64_t r = 0; r < ranks; ++r) {
+          const int64_t at = r * nstate, bias_at = (h * ranks + r) * nstate, bc_at = (r * ngroups + g) * nstate;
+          std::memcpy(k_prev.data() + at, K + ((b * ranks + r) * heads + h) * nstate, sizeof(float) * nstate);
+          norm_and_turn(B + bc_at, bw, bb + bias_at, b_eps, cos_t.data(), sin_t.data(), angles, !dims.mimo,
+                        k.data() + at, nstate);
+          norm_and_turn(C + bc_at, cw, cb + bias_at, c_eps, cos_t.data(), sin_t.data(), angles, !dims.mimo,
+                        q.data() + at, nstate);
+        }
+
+        // The state's rows: decayed, fed the previous and this position's inputs, read out by q.
+        float* v_prev = V + bh * hdim;
+        T* s_head = S + bh * hdim * nstate;
+        for (int64_t p = 0; p < hdim; ++p) {
+          if (!dims.mimo) {  // the presets' case: the AVX-512 rows where the build has them
+            const TwoInputs inputs{k_prev.data(), k.data(), v_prev[p] * beta, x[p] * gamma};
+            y[p] = update_row(s_head + p * nstate, inputs, q.data(), alpha, nstate) + x[p] * skip[h];
+            continue;
+          }
+          for (int64_t r = 0; r < ranks; ++r) {  // x and the previous x up-projected to each rank
+            const float up = mx[(h * ranks + r) * hdim + p];
+            up_x[r] = x[p] * up;
+            prev[r] = v_prev[p] * up * beta;
+            now[r] = up_x[r] * gamma;
+          }
+          update_row_ranks(s_head + p * nstate, k_prev.data(), k.data(), q.data(), prev.data(), now.data(), alpha,
+                           ranks, nstate, buf.data(), y_r.data());
+          for (int64_t r = 0; r < ranks; ++r) y[r * hdim + p] = y_r[r] + up_x[r] * skip[h];
+        }
+        for (int64_t r = 0; r < ranks; ++r)
+          std::memcpy(K + ((b * ranks + r) * heads + h) * nstate, k.data() + r * nstate, sizeof(float) * nstate);
+        std::memcpy(v_prev, x, sizeof(float) * hdim);
+
+        // The gate per rank, z up-projected for MIMO: (rmsnorm(y) * weight if normed) * silu(z);
+        // a MIMO layer then sums its ranks with mimo_o.
+        float* out = Y + b * d_inner + h * hdim;
+        for (int64_t p = 0; p < hdim; ++p) out[p] = 0.f;
+        for (int64_t r = 0; r < ranks; ++r) {
+          float* yr = y.data() + r * hdim;
+          float scale = 1.f;
+          if (dims.head_norm) {
+            float ss = 0.f;
+            for (int64_t p = 0; p < hdim; ++p) ss += yr[p] * yr[p];
+            scale = 1.f / std::sqrt(ss / hdim + static_cast<float>(norm_eps));
+          }
+          for (int64_t p = 0; p < hdim; ++p) {
+            const int64_t at = (h * ranks + r) * hdim + p;
+            const float zr = dims.mimo ? z[p] * mz[at] : z[p];
+            float v = dims.head_norm ? yr[p] * scale * nw[h * hdim + p] : yr[p];
+            v *= silu(zr);
+            out[p] += dims.mimo ? v * mo[at] : v;
+          }
+        }
+      }
+    });
+  }
+};
+
+static const float* data_or_null(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<float>() : nullptr;
+}
+
+// mamba3_step on arguments check_mamba3 has passed (and zxbc, contiguous fp32, with them).
+static torch::Tensor mamba3_checked(const Mamba3Dims& dims, const torch::Tensor& zxbc, const torch::Tensor& angle_state,
+                                    const torch::Tensor& ssm_state, const torch::Tensor& k_state,
+                                    const torch::Tensor& v_state, const torch::Tensor& dt_bias, double a_floor,
+                                    const torch::Tensor& B_norm, double B_eps, const torch::Tensor& C_norm,
+                                    double C_eps, const torch::Tensor& B_bias, const torch::Tensor& C_bias,
+                                    const torch::Tensor& D, const c10::optional<torch::Tensor>& mimo_x,
+                                    const c10::optional<torch::Tensor>& mimo_z,
+                                    const c10::optional<torch::Tensor>& mimo_o,
+                                    const c10::optional<torch::Tensor>& norm_weight, double norm_eps) {
+  auto y = torch::empty({dims.batch, dims.d_inner}, zxbc.options());
+  const Mamba3StateStep step{dims,
+                             zxbc.data_ptr<float>(),
+                             dt_bias.data_ptr<float>(),
+                             B_norm.data_ptr<float>(),
+                             C_norm.data_ptr<float>(),
+                             B_bias.data_ptr<float>(),
+                             C_bias.data_ptr<float>(),
+                             D.data_ptr<float>(),
+                             data_or_null(mimo_x),
+                             data_or_null(mimo_z),
+                             data_or_null(mimo_o),
+                             data_or_null(norm_weight),
+                             angle_state.data_ptr<float>(),
+                             k_state.data_ptr<float>(),
+                             v_state.data_ptr<float>(),
+                             y.data_ptr<float>(),
+                             static_cast<float>(a_floor),
+                             B_eps,
+                             C_eps,
+                             norm_eps};
+  if (ssm_state.scalar_type() == torch::kFloat32) {
+    step.run(ssm_state.data_ptr<float>());
+  } else {
+    step.run(reinterpret_cast<uint16_t*>(ssm_state.data_ptr<at::BFloat16>()));
+  }
+  return y;
+}
+
+torch::Tensor mamba3_step(torch::Tensor zxbc, torch::Tensor angle_state, torch::Tensor ssm_state, torch::Tensor k_state,
+                          torch::Tensor v_state, int64_t ngroups, torch::Tensor dt_bias, double a_floor,
+                          torch::Tensor B_norm, double B_eps, torch::Tensor C_norm, double C_eps, torch::Tensor B_bias,
+                          torch::Tensor C_bias, torch::Tensor D, c10::optional<torch::Tensor> mimo_x,
+                          c10::optional<torch::Tensor> mimo_z, c10::optional<torch::Tensor> mimo_o,
+                          c10::optional<torch::Tensor> norm_weight, double norm_eps) {
+  const char* fn = "mamba3_step";
+  expect(fn, "zxbc", zxbc, {-1, -1}, Dtype::fp32);
+  const auto dims = check_mamba3(fn, "zxbc", "zxbc's width", zxbc.size(0), zxbc.size(1), angle_state, ssm_state,
+                                 k_state, v_state, ngroups, dt_bias, B_norm, C_norm, B_bias, C_bias, D, mimo_x, mimo_z,
+                                 mimo_o, norm_weight);
+  return mamba3_checked(dims, zxbc, angle_state, ssm_state, k_state, v_state, dt_bias, a_floor, B_norm, B_eps, C_norm,
+                        C_eps, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, norm_weight, norm_eps);
 }
 
 // linear_rows: y = x W^T + b for a few fp32 rows x and fp32 or bf16 weights W, all rows of x in one
@@ -815,6 +1118,43 @@ torch::Tensor block_step(torch::Tensor x, torch::Tensor conv_state, torch::Tenso
   return out;
 }
 
+// mamba3_block_step: block_step with a Mamba-3 mixer (the mamba3 and simba3 kinds): x + mixer(norm(x)),
+// then any + cross(norm(x)) and any + mlp(norm(x)), as block_step. Twin: Block._step_modules.
+// The state first (the mixer's, then the text's keys, values and mask), then the block's weights
+// in the order Mamba3BlockKernel holds them.
+torch::Tensor mamba3_block_step(
+    torch::Tensor x, torch::Tensor angle_state, torch::Tensor ssm_state, torch::Tensor k_state, torch::Tensor v_state,
+    c10::optional<torch::Tensor> keys, c10::optional<torch::Tensor> values, c10::optional<torch::Tensor> key_mask,
+    torch::Tensor mixer_norm, double mixer_eps, torch::Tensor in_proj, c10::optional<torch::Tensor> in_bias,
+    int64_t ngroups, torch::Tensor dt_bias, double a_floor, torch::Tensor B_norm, double B_eps, torch::Tensor C_norm,
+    double C_eps, torch::Tensor B_bias, torch::Tensor C_bias, torch::Tensor D, c10::optional<torch::Tensor> mimo_x,
+    c10::optional<torch::Tensor> mimo_z, c10::optional<torch::Tensor> mimo_o, c10::optional<torch::Tensor> norm_weight,
+    double norm_eps, torch::Tensor out_proj, c10::optional<torch::Tensor> out_bias,
+    c10::optional<torch::Tensor> cross_norm, double cross_eps, c10::optional<torch::Tensor> q_proj,
+    c10::optional<torch::Tensor> cross_out, c10::optional<torch::Tensor> mlp_norm, double mlp_eps,
+    c10::optional<torch::Tensor> fc1, c10::optional<torch::Tensor> fc1_bias, c10::optional<torch::Tensor> fc2,
+    c10::optional<torch::Tensor> fc2_bias) {
+  const char* fn = "mamba3_block_step";
+  const int64_t d = check_block_input(fn, x, mixer_norm, in_proj, in_bias), rows = x.size(0);
+  const auto dims = check_mamba3(fn, "x", "in_proj's outputs", rows, in_proj.size(0), angle_state, ssm_state, k_state,
+                                 v_state, ngroups, dt_bias, B_norm, C_norm, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
+                                 norm_weight);
+  check_weight(fn, "out_proj", out_proj, d, dims.d_inner);
+  check_bias(fn, "out_bias", out_bias, d);
+  const BlockRest rest{keys,     values,   key_mask, cross_norm, cross_eps, q_proj,  cross_out,
+                       mlp_norm, mlp_eps,  fc1,      fc1_bias,   fc2,       fc2_bias};
+  const int64_t hidden = rest.check(fn, d, rows);
+
+  auto out = x.clone();  // the residual stream
+  float* res = out.data_ptr<float>();
+  const auto zxbc = project_in(res, x, mixer_norm, mixer_eps, in_proj, in_bias);
+  const auto y = mamba3_checked(dims, zxbc, angle_state, ssm_state, k_state, v_state, dt_bias, a_floor, B_norm, B_eps,
+                                C_norm, C_eps, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, norm_weight, norm_eps);
+  project_out(res, y, out_proj, out_bias, d);
+  rest.run(res, rows, d, hidden);
+  return out;
+}
+
 int64_t linear_max_rows() { return MAX_ROWS; }
 
 // The array activations, for the tests to hold them to torch's over any inputs.
@@ -841,6 +1181,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("A_log"), arg("D"), arg("gate_norm"), arg("ngroups"), arg("gate_eps"), arg("out_proj"), arg("out_bias"),
         arg("cross_norm"), arg("cross_eps"), arg("q_proj"), arg("cross_out"), arg("mlp_norm"), arg("mlp_eps"),
         arg("fc1"), arg("fc1_bias"), arg("fc2"), arg("fc2_bias"));
+  m.def("mamba3_step", &mamba3_step, "fused Mamba-3 decoding step", arg("zxbc"), arg("angle_state"),
+        arg("ssm_state"), arg("k_state"), arg("v_state"), arg("ngroups"), arg("dt_bias"), arg("a_floor"),
+        arg("B_norm"), arg("B_eps"), arg("C_norm"), arg("C_eps"), arg("B_bias"), arg("C_bias"), arg("D"),
+        arg("mimo_x"), arg("mimo_z"), arg("mimo_o"), arg("norm_weight"), arg("norm_eps"));
+  m.def("mamba3_block_step", &mamba3_block_step,
+        "one Mamba-3 or SiMBA-3 block's decoding step: the mixer, any cross-attention and any MLP, each after an RMSNorm",
+        arg("x"), arg("angle_state"), arg("ssm_state"), arg("k_state"), arg("v_state"), arg("keys"), arg("values"),
+        arg("key_mask"), arg("mixer_norm"), arg("mixer_eps"), arg("in_proj"), arg("in_bias"), arg("ngroups"),
+        arg("dt_bias"), arg("a_floor"), arg("B_norm"), arg("B_eps"), arg("C_norm"), arg("C_eps"), arg("B_bias"),
+        arg("C_bias"), arg("D"), arg("mimo_x"), arg("mimo_z"), arg("mimo_o"), arg("norm_weight"), arg("norm_eps"),
+        arg("out_proj"), arg("out_bias"), arg("cross_norm"), arg("cross_eps"), arg("q_proj"), arg("cross_out"),
+        arg("mlp_norm"), arg("mlp_eps"), arg("fc1"), arg("fc1_bias"), arg("fc2"), arg("fc2_bias"));
   m.def("activation", &activation, "silu or gelu over a tensor, as block_step applies them", arg("x"), arg("name"));
   m.def("linear_max_rows", &linear_max_rows, "the most rows linear_rows takes: 8 with AVX-512, else 4");
 }
