@@ -12,6 +12,7 @@ from test_mamba3 import assert_state, load_golden, run_steps
 
 from ssmttm.backbones import mamba3 as mamba3_module
 from ssmttm.backbones.base import Context
+from ssmttm.backbones.mamba2 import Mamba2, Mamba2Config
 from ssmttm.backbones.mamba3 import Mamba3, Mamba3BlockKernel, Mamba3Config
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
@@ -355,3 +356,23 @@ def test_the_block_kernel_takes_its_arguments_by_name():
         by_name = cpu_kernels.extension().mamba3_block_step(**args)
         in_order = cpu_kernels.extension().mamba3_block_step(*positional)
     torch.testing.assert_close(by_name, in_order, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "siso", "mimo"])
+def test_a_step_autograd_records_has_the_parallel_forwards_gradients(name):
+    """The kernels' outputs carry no gradient, so a mixer step under autograd takes the PyTorch twin:
+    the last position's gradients through prefill and step equal those through the forward."""
+    if name == "mamba2":
+        torch.manual_seed(0)
+        mixer = Mamba2(32, Mamba2Config(d_state=16, headdim=8, chunk_size=8))
+    else:
+        mixer = _mixer(name)
+    params = [p for p in mixer.parameters() if p.requires_grad]
+    x = torch.randn(2, 7, 32)
+    _, state = mixer.prefill(x[:, :6], Context())
+    y, _ = mixer.step(x[:, 6], state)
+    assert y.requires_grad
+    stepped = torch.autograd.grad(y.square().sum(), params)
+    parallel = torch.autograd.grad(mixer(x, Context())[:, 6].square().sum(), params)
+    for got, want in zip(stepped, parallel, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

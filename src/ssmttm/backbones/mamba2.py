@@ -131,8 +131,9 @@ class Mamba2(Mixer[Mamba2State]):
     def step(self, u: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """u (B, D) -> (B, D); updates `state` in place."""
         zxbcdt = linear(u, self.in_proj)
-        # The fused CPU kernel (ops/cpu_kernels.cpp) wherever it runs; the PyTorch twin elsewhere.
-        fused = zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and cpu_kernels.available()
+        # The fused CPU kernel (ops/cpu_kernels.cpp) wherever it runs; the PyTorch twin elsewhere,
+        # and wherever autograd records the step: the kernel's output has no gradient.
+        fused = zxbcdt.dtype == torch.float32 and zxbcdt.is_cpu and not zxbcdt.requires_grad and cpu_kernels.available()
         inner = mamba2_step_fused if fused else mamba2_step_ref
         y = inner(
             zxbcdt,

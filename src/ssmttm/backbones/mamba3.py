@@ -185,8 +185,14 @@ class Mamba3(Mixer[Mamba3State]):
         """x (B, D) -> (B, D); updates `state` in place."""
         zxbc = linear(x, self.in_proj)
         # The fused CPU kernel (ops/cpu_kernels.cpp) wherever it runs, as Mamba-2's step; the
-        # PyTorch twin elsewhere. The kernel reads an fp32 phase, k and v, as empty_state makes them.
-        fused = zxbc.dtype == state.k.dtype == torch.float32 and zxbc.is_cpu and cpu_kernels.available()
+        # PyTorch twin elsewhere, and wherever autograd records the step (the kernel's output has no
+        # gradient). The kernel reads an fp32 phase, k and v, as empty_state makes them.
+        fused = (
+            zxbc.dtype == state.k.dtype == torch.float32
+            and zxbc.is_cpu
+            and not zxbc.requires_grad
+            and cpu_kernels.available()
+        )
         inner = mamba3_step_fused if fused else mamba3_step_ref
         y = inner(zxbc, state.angle, state.ssm, state.k, state.v, self.weights())
         return linear(y, self.out_proj), state

@@ -158,9 +158,12 @@ def mamba3_step_ref(zxbc: Tensor, angle: Tensor, ssm: Tensor, k: Tensor, v: Tens
     beta = (1 - p.trap) * p.dt * alpha  # (B, H): the previous input's second share
     gamma = p.trap * p.dt  # (B, H)
     v_t = up(p.x, w)  # (B, R, H, P)
+    k_prev, v_prev = k, v
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+        k_prev, v_prev = k.clone(), v.clone()  # autograd keeps what it reads: the writes below would change it
     # Both inputs in one product of inner size 2R: [beta v_prev, gamma v] (P, 2R) x [k_prev; k] (2R, N)
-    vs = torch.cat([up(v, w) * beta[:, None, :, None], v_t * gamma[:, None, :, None]], dim=1)
-    ks = torch.cat([k, k_t], dim=1)  # (B, 2R, H, N)
+    vs = torch.cat([up(v_prev, w) * beta[:, None, :, None], v_t * gamma[:, None, :, None]], dim=1)
+    ks = torch.cat([k_prev, k_t], dim=1)  # (B, 2R, H, N)
     inputs = vs.permute(0, 2, 3, 1) @ ks.transpose(1, 2)  # (B, H, P, N)
     if ssm.dtype == inputs.dtype:  # in place: no fresh state per layer and step
         new = ssm.mul_(alpha[..., None, None]).add_(inputs)
