@@ -105,6 +105,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, help="stage 1's batch (default: the preset's)")
     parser.add_argument("--work", default="benchmarks/.cache/evaluate-demo/10s", help="evaluate_demo.py's corpora")
     parser.add_argument("--out", default="runs/two-stage-study")
     parser.add_argument("--figure", default="docs/two_stage_study.png")
@@ -128,11 +129,14 @@ def main() -> int:
                 "model.num_codebooks=1", f"schedule.max_steps={args.steps}", f"run.val_every={args.eval_every}",
                 f"run.checkpoint_every={args.eval_every}", f"run.seed={seed}", f"data.window_seconds={args.duration}",
             ]  # fmt: skip
+            if args.batch_size:
+                overrides += [f"run.batch_size={args.batch_size}", f"run.micro_batch_size={args.batch_size}"]
             config = load_train_config(PRESET_DIR / "train" / f"{preset}.yaml", overrides)
             EvaluatingTrainer(config, run_dir, evaluation).fit()
             curves.setdefault(label, []).append(read_jsonl(run_dir / "results.jsonl"))
     print(
-        f"stage 2 {args.stage2}; stage 1 K=1 from scratch, {args.steps} steps, seeds {args.seeds}; "
+        f"stage 2 {args.stage2}; stage 1 K=1 from scratch, {args.steps} steps of batch {config.run.batch_size}, "
+        f"seeds {args.seeds}; "
         f"{args.prompts} held-out prompts; mean over seeds"
     )
     print("| system | step | " + " | ".join(MEASURES) + " |")
