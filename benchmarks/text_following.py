@@ -24,6 +24,8 @@ with the true captions and with shuffled ones, and score what comes out.
 `--sweep` instead chooses sampling settings: style and lead accuracy over a grid of guidance,
 temperature and top-k, on 32 captions of trained combinations (corpus seed 21, 2 seeds), never the
 held-out test. The demo model's defaults come from it (docs/demo-model.md).
+A two-stage model (issue 26) is scored on the audio it renders, stage 2 included, encoded by the
+codec as the real clips are; its loss line is its LM's, on the codebooks that LM predicts.
 `--state-dtype bf16` runs it all with the SSM state stored in bf16 between steps.
 Targets (issue 7): style or lead accuracy >= 0.7 with true captions and >= 0.4 above shuffled; tempo
 median absolute error <= 8 BPM and at most half of that with shuffled captions.
@@ -115,7 +117,8 @@ def text_losses(model: TextToMusic, records: list[dict], codes: list[torch.Tenso
     the model uses text."""
     n = min(LOSS_CLIPS, len(codes))
     frames = min(c.shape[-1] for c in codes[:n])
-    batch = torch.stack([c[:, :frames] for c in codes[:n]])
+    # A two-stage model's LM predicts the first codebooks only: its loss is on those.
+    batch = torch.stack([c[: model.lm.cfg.num_codebooks, :frames] for c in codes[:n]])
     captions = [r["caption"] for r in records[:n]]
     losses = {}
     for name, texts in (("true", captions), ("none", [""] * n), ("shuffled", captions[1:] + captions[:1])):
@@ -144,8 +147,13 @@ def derangement(n: int, rng: np.random.Generator, records: list[dict]) -> list[i
 
 
 def score(model: TextToMusic, classifiers, record: dict, caption: str, condition: str, seed: int, duration: float):
-    """Generate from `caption` and score the clip against the labels of `record` (the true caption's)."""
-    codes = model.generate_codes(caption, duration, seed=seed)
+    """Generate from `caption` and score the clip against the labels of `record` (the true caption's).
+    A two-stage model's clip is its rendered audio, encoded by the codec as real clips are."""
+    if model.two_stage:
+        wav = model.generate(caption, duration, seed=seed)[0].numpy()
+        codes = audio_codes(model.codec, wav, model.sample_rate)[None]
+    else:
+        codes = model.generate_codes(caption, duration, seed=seed)
     x = clip_features(model.codec, codes[0])[None]
     return {
         "seed": seed,
