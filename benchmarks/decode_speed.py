@@ -17,6 +17,12 @@ Sections (all by default; `--sections table,forward` picks some):
              above), and its largest logit difference from fp32.
   ablations  what the CPU-specific choices buy: the matmul form for decoding, the bf16 kernel,
              and the allocator setting, each against its alternative.
+  mamba3     simba3-300m (Mamba-3 blocks, half the state) against simba-300m at batch 2 and 16, fp32
+             and bf16 (weights and SSM state): steps/s, the bytes a step reads, and the ceiling
+             ratio: simba-300m's bytes over simba3-300m's, the speedup a step bound by memory
+             traffic would show. The two run alternately, twice each, and the faster run counts.
+             Then the issue's targets at batch 16 in bf16: at least 1.3x, and at least 85% of the
+             ceiling ratio.
   release    simba-300m as an imported authors' checkpoint runs (`ssmttm import-release`): the
              release's text mode (a 60-token prefix, the text mask ignored) and sinusoidal
              positions; steps/s at batch 2.
@@ -59,7 +65,7 @@ from ssmttm.generation import Generator
 from ssmttm.ops.linear import cast_linear_weights, linear
 
 EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
-SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations", "release"]
+SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations", "mamba3", "release"]
 # What an imported release model differs from simba-300m in (tests/test_release.py checks it).
 RELEASE_MODE = ["positions=sinusoidal", "text_mask=ignore"]
 RELEASE_PREFIX = 60  # the release pads every caption batch to at least 60 T5 tokens (text/release.py)
@@ -74,16 +80,20 @@ def run_steps(
     overrides: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
     block_kernel: bool = True,
+    bf16_state: bool = False,
 ) -> dict:
     """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory.
     `block_kernel=False` runs SiMBA blocks op by op (each op's own kernel still runs), as before
-    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own."""
+    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own.
+    `bf16_state` stores the SSM state in bf16 between steps, as `Generator(state_dtype=...)` does."""
     if not block_kernel:
         Mamba2BlockKernel.applies = lambda *_: False
     lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
     start = time.perf_counter()
     _, state = lm.prefill(Conditioning(text))
     prefill_s = time.perf_counter() - start
+    if bf16_state:
+        state = state.with_recurrent_dtype(torch.bfloat16)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
         _, state = lm.step(tokens, state)
@@ -240,6 +250,52 @@ def section_ablations(positions: int) -> None:
     )
 
 
+@torch.no_grad()
+def run_bytes(preset: str, batch: int, bf16: bool) -> dict:
+    lm, _ = build(preset, batch, torch.bfloat16 if bf16 else None)
+    return {"bytes": bytes_per_step(lm, batch, torch.bfloat16 if bf16 else None)}
+
+
+def section_mamba3(steps: int) -> None:
+    presets = ("simba-300m", "simba3-300m")
+    dtypes = [False, True] if cpu_has_bf16() else [False]
+    if not cpu_has_bf16():
+        print("mamba3: this CPU has neither AVX512-BF16 nor AMX; bf16 rows skipped")
+    print(
+        "| batch | weights and state | simba-300m steps/s | simba3-300m steps/s | speedup | "
+        "MB a step reads (simba / simba3) | ceiling ratio | speedup / ceiling |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for batch in (2, 16):
+        for bf16 in dtypes:
+            n = steps if batch == 2 else max(steps // 4, 5)
+            rates = {p: 0.0 for p in presets}
+            for _ in range(2):
+                for p in presets:
+                    run = in_process("steps", preset=p, batch=batch, steps=n, bf16=bf16, bf16_state=bf16)
+                    rates[p] = max(rates[p], run["steps_per_s"])
+            nbytes = {p: in_process("bytes", preset=p, batch=batch, bf16=bf16)["bytes"] for p in presets}
+            speedup = rates["simba3-300m"] / rates["simba-300m"]
+            ceiling = nbytes["simba-300m"] / nbytes["simba3-300m"]
+            dtype = "bf16" if bf16 else "fp32"
+            print(
+                f"| {batch} | {dtype} | {rates['simba-300m']:.2f} | {rates['simba3-300m']:.2f} | {speedup:.2f}x | "
+                f"{nbytes['simba-300m'] / 1e6:.0f} / {nbytes['simba3-300m'] / 1e6:.0f} | {ceiling:.2f}x | "
+                f"{100 * speedup / ceiling:.0f}% |",
+                flush=True,
+            )
+            if batch == 16 and bf16:
+                verdicts = [
+                    f"target (simba3-300m at least 1.3x simba-300m, batch 16, bf16): {speedup:.2f}x, "
+                    + ("met" if speedup >= 1.3 else "NOT met"),
+                    f"target (at least 85% of the ceiling ratio {ceiling:.2f}x): {100 * speedup / ceiling:.0f}%, "
+                    + ("met" if speedup >= 0.85 * ceiling else "NOT met"),
+                ]
+    for line in verdicts:
+        print(line)
+
+
 def section_release(steps: int) -> None:
     """Release mode, and our default mode run beside it, so both see the same machine load."""
     release = in_process(
@@ -263,7 +319,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker({"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms}, json.loads(args.worker))
+        worker(
+            {"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms, "bytes": run_bytes},
+            json.loads(args.worker),
+        )
         return
     torch.set_num_threads(THREADS)
     sections = chosen_sections(parser, args.sections, SECTIONS)
@@ -283,6 +342,8 @@ def main() -> None:
         section_bf16(steps)
     if "ablations" in sections:
         section_ablations(positions)
+    if "mamba3" in sections:
+        section_mamba3(steps)
     if "release" in sections:
         section_release(steps)
 

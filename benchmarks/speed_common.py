@@ -122,13 +122,12 @@ def bytes_per_step(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = No
 
 
 def state_bytes(lm: MusicLM, batch: int, state_dtype: torch.dtype | None = None) -> int:
-    """Bytes of the decoding state (SSM and convolution), which a step reads and writes back."""
+    """Bytes of the mixers' decoding state (Mamba-2's SSM state and convolution window, Mamba-3's
+    SSM state, angles and previous k and v), which a step reads and writes back."""
     _, state = lm.prefill(Conditioning(torch.zeros(batch, 1, lm.cfg.text_dim)))
     if state_dtype is not None:
         state = state.with_recurrent_dtype(state_dtype)
-    return sum(
-        t.numel() * t.element_size() for layer in state.backbone.layers for t in (layer.mixer.conv, layer.mixer.ssm)
-    )
+    return sum(t.numel() * t.element_size() for layer in state.backbone.layers for t in layer.mixer.tensors())
 
 
 def cpu_has_bf16() -> bool:
