@@ -29,7 +29,7 @@ Sections (all by default; `--sections table,forward` picks some):
 
 All runs use 2 threads and random weights.
 
-    python benchmarks/decode_speed.py            # everything (about 20 minutes)
+    python benchmarks/decode_speed.py            # everything (about 20 minutes, and 8 more for mamba3)
     python benchmarks/decode_speed.py --quick    # 1 s clips and fewer steps, a smoke run
 """
 
