@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from ssmttm.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
@@ -13,7 +15,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_every_preset_loads_and_round_trips_through_a_dict():
-    assert len(preset_names()) == 17  # 6 paper-sized, 4 at 75m, 6 tiny, the demo model
+    assert len(preset_names()) == 18  # 6 paper-sized, 4 at 75m, 6 tiny, the demo model and its Mamba-3 twin
     for name in preset_names():
         cfg = load_preset(name)
         assert from_dict(LMConfig, to_dict(cfg)) == cfg
@@ -66,7 +68,7 @@ def test_every_training_config_resolves_and_paper_ones_keep_the_recipe():
     from ssmttm.training.config import load_train_config
 
     configs = sorted((PRESET_DIR / "train").glob("*.yaml"))
-    assert len(configs) == 18
+    assert len(configs) == 19
     for path in configs:
         config = load_train_config(path)
         model = read_yaml(path)["model"]
@@ -90,6 +92,37 @@ def test_a_training_model_is_a_preset_with_the_keys_that_differ(tmp_path):
     # the rest of the preset, nested sections included, is kept
     assert cfg.model.backbone.d_model == demo.backbone.d_model and cfg.model.backbone.mamba2 == demo.backbone.mamba2
     assert cfg.model.text_dim == demo.text_dim
+
+
+def test_an_override_swaps_the_preset_and_keeps_the_keys_that_differ(tmp_path):
+    """`--model.preset=NAME` is applied before the preset is written out, so the config's own
+    changes stay; `--model=NAME` takes the preset whole. Other overrides still apply after."""
+    from ssmttm.training.config import load_train_config
+
+    (tmp_path / "run.yaml").write_text("model:\n  preset: demo-simba3\n  beat_clock: true\n")
+    cfg = load_train_config(tmp_path / "run.yaml", ["--model.preset=demo-simba", "--model.backbone.n_layers=3"])
+    assert (cfg.model.backbone.kind, cfg.model.beat_clock, cfg.model.backbone.n_layers) == ("simba", True, 3)
+    assert cfg.model.backbone.mamba2 == load_preset("demo-simba").backbone.mamba2
+    (tmp_path / "named.yaml").write_text("model: demo-simba\n")
+    cfg = load_train_config(tmp_path / "named.yaml", ["--model.preset=demo-simba3"])
+    assert cfg.model.backbone.kind == "simba3"
+    cfg = load_train_config(tmp_path / "run.yaml", ["--model=tiny-simba"])
+    assert cfg.model == load_preset("tiny-simba")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_train_config(tmp_path / "run.yaml", ["--model.preset=no-such-preset"])
+
+
+def test_the_mamba3_comparison_trains_both_demo_backbones_alike():
+    """configs/train/demo-simba3.yaml: demo-simba3, and with `--model.preset=demo-simba` the
+    same-budget demo-simba it is compared with; nothing but the backbone differs."""
+    from ssmttm.training.config import load_train_config
+
+    path = "configs/train/demo-simba3.yaml"
+    ours, theirs = load_train_config(path), load_train_config(path, ["--model.preset=demo-simba"])
+    assert (ours.model.backbone.kind, theirs.model.backbone.kind) == ("simba3", "simba")
+    assert ours.model.beat_clock and ours.data.text_encoder == "minilm+tempo" and ours.schedule.max_steps == 2500
+    assert (ours.data, ours.optim, ours.schedule, ours.run) == (theirs.data, theirs.optim, theirs.schedule, theirs.run)
+    assert replace(ours.model, backbone=theirs.model.backbone) == theirs.model
 
 
 def test_the_stage1_demo_config_is_the_demo_model_at_one_codebook():

@@ -46,6 +46,7 @@ MAMBA3_COUNTERPARTS = {
     "simba3-300m": "simba-300m",
     "simba3-75m": "simba-75m",
     "tiny-simba3": "tiny-simba",
+    "demo-simba3": "demo-simba",
     "mamba3-300m": "mamba2-300m",
     "mamba3-75m": "simba-75m",
     "tiny-mamba3": "tiny-mamba2",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from ssmttm.config import ConfigError, apply_overrides, from_dict, read_yaml
 from ssmttm.training.task import task_class
 
@@ -116,6 +118,12 @@ class TrainConfig:
         """The YAML mapping with this config's shorthands written out, before the overrides."""
         return data
 
+    @classmethod
+    def override_shorthand(cls, data: dict[str, Any], key: str, value: Any) -> bool:
+        """Apply an override of a shorthand (the LM's `model.preset`) to the unexpanded mapping, so
+        that it changes what `expand` writes out; False when `key` is no shorthand of this config."""
+        return False
+
     @property
     def accumulation(self) -> int:
         """Micro-batches per optimizer step on each device."""
@@ -155,10 +163,16 @@ def fit_to_run(config: TrainConfig) -> RunFit:
 
 def resolve(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
     """The config of the mapping's task from a YAML mapping: expands its shorthands, then applies
-    overrides. A mapping without `task:` (every run from before tasks) is the LM's."""
+    overrides (those of a shorthand, such as `model.preset=demo-simba3`, first). A mapping without
+    `task:` (every run from before tasks) is the LM's."""
     task = data.get("task", TrainConfig.task)
     cls = task_class(task).config_type
-    config = from_dict(cls, apply_overrides(cls.expand(dict(data)), [o.removeprefix("--") for o in overrides or []]))
+    data, rest = dict(data), []
+    for item in (o.removeprefix("--") for o in overrides or []):
+        key, sep, raw = item.partition("=")
+        if not (sep and cls.override_shorthand(data, key, yaml.safe_load(raw))):
+            rest.append(item)
+    config = from_dict(cls, apply_overrides(cls.expand(data), rest))
     if config.task != task:  # the type was chosen by the mapping's task, before the overrides
         raise ConfigError(f"task: an override cannot change the task ({task!r}); set it in the config file")
     return config

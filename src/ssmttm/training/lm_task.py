@@ -51,6 +51,19 @@ class LMTrainConfig(TrainConfig):
             data["model"] = merged(to_dict(load_preset(model["preset"])), changes)
         return data
 
+    @classmethod
+    def override_shorthand(cls, data: dict[str, Any], key: str, value: Any) -> bool:
+        """`--model.preset=NAME` swaps the preset a config names and keeps the keys it changes;
+        `--model=NAME` replaces the whole model section with the preset."""
+        if key == "model" and isinstance(value, str):
+            data["model"] = value
+            return True
+        model = data.get("model")
+        if key != "model.preset" or not (isinstance(model, str) or (isinstance(model, dict) and "preset" in model)):
+            return False
+        data["model"] = {**(model if isinstance(model, dict) else {}), "preset": value}
+        return True
+
 
 class LMTask(Task):
     config_type = LMTrainConfig
