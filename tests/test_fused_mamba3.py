@@ -83,6 +83,31 @@ def test_kernel_step_equals_the_twin(kernels, rows, state_dtype, name):
         assert (states["fused"].ssm != states["ref"].ssm).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("name", ["siso rope 1.0", "mimo"])
+def test_the_kernel_turns_k_and_q_by_any_phase(kernels, name):
+    """The kernel's own sin and cos (a polynomial with AVX-512) against torch's, over the whole
+    circle: phases at and beside the quadrant boundaries and spread between, turned by inputs that
+    saturate tanh (a turn of up to pi dt). The new k is the turned B, stored in fp32: it must agree
+    to a few fp32 ulps, far tighter than the step's output tolerance."""
+    mixer = _mixer(name)
+    rows = 5 if cpu_kernels.linear_max_rows() >= 5 else 4
+    with torch.no_grad():
+        _, state = mixer.prefill(torch.randn(rows, 3, 32), Context())
+        edges = torch.tensor([0.0, 1e-7, torch.pi / 2, torch.pi, 3 * torch.pi / 2, 2 * torch.pi - 1e-6])
+        angle = torch.rand(state.angle.shape) * 2 * torch.pi
+        angle.view(-1)[: len(edges)] = edges
+        angle.view(-1)[len(edges) : 2 * len(edges)] = edges + torch.pi / 4  # the reduction's |r| = pi/4
+        state.angle.copy_(angle)
+        zxbc = torch.randn(rows, mixer.in_proj.out_features)
+        zxbc[:, -mixer.num_rope_angles :] *= 20
+        ref, fused = state.clone(), state.clone()
+        w = mixer.weights()
+        mamba3_step_ref(zxbc, ref.angle, ref.ssm, ref.k, ref.v, w)
+        mamba3_step_fused(zxbc, fused.angle, fused.ssm, fused.k, fused.v, w)
+    torch.testing.assert_close(fused.angle, ref.angle, atol=2e-6, rtol=0)
+    torch.testing.assert_close(fused.k, ref.k, atol=2e-6, rtol=0)
+
+
 @pytest.mark.parametrize("path", ["fused", "reference"])
 @pytest.mark.parametrize("name", ["mamba3", "mamba3_mimo"])
 @pytest.mark.parametrize("split", [0, 1, 17])

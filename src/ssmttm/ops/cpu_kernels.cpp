@@ -75,6 +75,30 @@ static inline __m512 gelu16(__m512 v) {
   const __m512 e = erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
   return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.f), e));
 }
+// sin and cos of the same x: x = j pi/2 + r, |r| <= pi/4 (pi/2 in two parts, so r keeps fp32
+// precision for the phases Mamba-3 keeps in [0, 2 pi)), then Cephes' sinf and cosf polynomials in r,
+// swapped and negated by the quadrant j mod 4. Absolute error below 1e-7 on [0, 2 pi) (checked
+// against fp64 on two million points; torch's own fp32 sin is within 6e-8 there).
+static inline void sincos16(__m512 x, __m512* sin_x, __m512* cos_x) {
+  const __m512 j = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.636619772367581343f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(j, _mm512_set1_ps(1.57079637050628662f), x);
+  r = _mm512_fnmadd_ps(j, _mm512_set1_ps(-4.37113900018624283e-8f), r);
+  const __m512 z = _mm512_mul_ps(r, r);
+  __m512 ps = _mm512_fmadd_ps(z, _mm512_set1_ps(-1.9515295891e-4f), _mm512_set1_ps(8.3321608736e-3f));
+  ps = _mm512_fmadd_ps(ps, z, _mm512_set1_ps(-1.6666654611e-1f));
+  const __m512 s = _mm512_fmadd_ps(_mm512_mul_ps(ps, z), r, r);
+  __m512 pc = _mm512_fmadd_ps(z, _mm512_set1_ps(2.443315711809948e-5f), _mm512_set1_ps(-1.388731625493765e-3f));
+  pc = _mm512_fmadd_ps(pc, z, _mm512_set1_ps(4.166664568298827e-2f));
+  const __m512 c = _mm512_fmadd_ps(_mm512_mul_ps(pc, z), z, _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, _mm512_set1_ps(1.f)));
+  const __m512i q = _mm512_cvtps_epi32(j);
+  const __mmask16 odd = _mm512_test_epi32_mask(q, _mm512_set1_epi32(1));
+  const __mmask16 sin_neg = _mm512_test_epi32_mask(q, _mm512_set1_epi32(2));
+  const __mmask16 cos_neg = _mm512_test_epi32_mask(_mm512_add_epi32(q, _mm512_set1_epi32(1)), _mm512_set1_epi32(2));
+  const __m512 sw = _mm512_mask_blend_ps(odd, s, c), cw = _mm512_mask_blend_ps(odd, c, s);
+  *sin_x = _mm512_mask_sub_ps(sw, sin_neg, _mm512_setzero_ps(), sw);
+  *cos_x = _mm512_mask_sub_ps(cw, cos_neg, _mm512_setzero_ps(), cw);
+}
 // The lanes of a 16-wide vector that `left` remaining values fill: all 16, or the first `left`.
 static inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
@@ -84,6 +108,15 @@ static void silu_inplace(float* v, int64_t n) {
 }
 static void gelu_inplace(float* v, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) _mm512_mask_storeu_ps(v + i, tail_mask(n - i), gelu16(_mm512_maskz_loadu_ps(tail_mask(n - i), v + i)));
+}
+static void sin_cos(const float* x, float* sin_x, float* cos_x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    __m512 s, c;
+    sincos16(_mm512_maskz_loadu_ps(m, x + i), &s, &c);
+    _mm512_mask_storeu_ps(sin_x + i, m, s);
+    _mm512_mask_storeu_ps(cos_x + i, m, c);
+  }
 }
 // v *= silu(z); returns sum(v^2) of the result.
 static float mul_silu(float* v, const float* z, int64_t n) {
@@ -102,6 +135,12 @@ static void silu_inplace(float* v, int64_t n) {
 }
 static void gelu_inplace(float* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] = gelu(v[i]);
+}
+static void sin_cos(const float* x, float* sin_x, float* cos_x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    sin_x[i] = std::sin(x[i]);
+    cos_x[i] = std::cos(x[i]);
+  }
 }
 static float mul_silu(float* v, const float* z, int64_t n) {
   float ss = 0.f;
@@ -489,23 +528,35 @@ static Mamba3Dims check_mamba3(const char* fn, const char* input, const char* ro
 
 static inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 
-// torch.remainder(v, 2 pi) in fp32: the phase kept in [0, 2 pi), as Mamba3.step keeps it.
+// torch.remainder(v, 2 pi) in fp32: the phase kept in [0, 2 pi), as Mamba3.step keeps it. A phase
+// already there is its own remainder (fmod would return it unchanged), so only one past the ends
+// pays for the division.
 static inline float wrap_phase(float v) {
   const float two_pi = static_cast<float>(2 * M_PI);
+  if (v >= 0.f && v < two_pi) return v;
   float mod = std::fmod(v, two_pi);
   if (mod < 0.f) mod += two_pi;  // torch's rule for a positive divisor: the sign of the divisor
   return mod;
 }
 
-// out (n,) = rmsnorm(bc) * weight + bias, then turned by theta (s angles): pairs (2i, 2i + 1) for
-// SISO, (i, i + n/2) for MIMO, as mamba3.py's `rotate`.
-static void norm_and_turn(const float* bc, const float* weight, const float* bias, double eps, const float* cos_t,
-                          const float* sin_t, int64_t angles, bool pairwise, float* out, int64_t nstate) {
+// out (n,) = rmsnorm(bc) * weight: B or C of one rank and group, shared by the group's heads.
+static void rms_scaled(const float* bc, const float* weight, double eps, float* out, int64_t nstate) {
   float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
   for (int64_t n = 0; n < nstate; ++n) ss += bc[n] * bc[n];
   const float scale = 1.f / std::sqrt(ss / nstate + static_cast<float>(eps));
-  for (int64_t n = 0; n < nstate; ++n) out[n] = bc[n] * scale * weight[n] + bias[n];
+#pragma omp simd
+  for (int64_t n = 0; n < nstate; ++n) out[n] = bc[n] * scale * weight[n];
+}
+
+// out (n,) = normed + bias, then turned by the phase (sin_t, cos_t: s angles): pairs (2i, 2i + 1)
+// for SISO, (i, i + n/2) for MIMO, as mamba3.py's `rotate`.
+static void bias_and_turn(const float* normed, const float* bias, const float* cos_t, const float* sin_t,
+                          int64_t angles, bool pairwise, float* out, int64_t nstate) {
+#pragma omp simd
+  for (int64_t n = 0; n < nstate; ++n) out[n] = normed[n] + bias[n];
   const int64_t stride = pairwise ? 2 : 1, other = pairwise ? 1 : nstate / 2;
+#pragma omp simd
   for (int64_t i = 0; i < angles; ++i) {
     float *a = out + i * stride, *b = a + other;
     const float t0 = *a, t1 = *b;
@@ -536,8 +587,10 @@ static void update_row_ranks(T* s, const float* k_prev, const float* k, const fl
   }
 }
 
-// The step for a state stored as T (float, or uint16_t holding bf16), one (row, head) at a time:
-// this position's k and q first, then the state's rows, then the gate.
+// The step for a state stored as T (float, or uint16_t holding bf16). First, per row, what its heads
+// share: the phase's turn before dt (pi tanh(angles)) and B and C normed. Then one (row, head) at a
+// time: its phase, k and q, the state's rows, and the gate. Done per head, the shared part cost more
+// than the state's rows at batch 16 (benchmarks/README.md, Mamba-3 decoding).
 struct Mamba3StateStep {
   const Mamba3Dims& dims;
   const float *in, *dtb, *bw, *cw, *bb, *cb, *skip, *mx, *mz, *mo, *nw;
@@ -549,15 +602,28 @@ struct Mamba3StateStep {
   void run(T* S) const {
     const int64_t heads = dims.heads, hdim = dims.hdim, nstate = dims.nstate, ranks = dims.ranks;
     const int64_t angles = dims.angles, d_inner = dims.d_inner, bc = dims.bc, ngroups = dims.ngroups;
-    const int64_t heads_per_group = heads / ngroups;
+    const int64_t heads_per_group = heads / ngroups, shared_row = angles + 2 * bc;
+    std::vector<float> shared(dims.batch * shared_row);  // per row: pi tanh(angles), B normed, C normed
+    at::parallel_for(0, dims.batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const float *B = in + b * dims.row + 2 * d_inner, *C = B + bc, *turn = C + bc + 3 * heads;
+        float* out = shared.data() + b * shared_row;
+        for (int64_t i = 0; i < angles; ++i) out[i] = static_cast<float>(M_PI) * std::tanh(turn[i]);
+        for (int64_t j = 0; j < ranks * ngroups; ++j) {
+          rms_scaled(B + j * nstate, bw, b_eps, out + angles + j * nstate, nstate);
+          rms_scaled(C + j * nstate, cw, c_eps, out + angles + bc + j * nstate, nstate);
+        }
+      }
+    });
     at::parallel_for(0, dims.batch * heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> cos_t(angles), sin_t(angles), q(ranks * nstate), k(ranks * nstate), k_prev(ranks * nstate);
-      std::vector<float> buf(nstate), prev(ranks), now(ranks), up_x(ranks), y_r(ranks), y(ranks * hdim);
+      std::vector<float> buf(nstate), prev(ranks), now(ranks), up_x(ranks), y_r(ranks), y(ranks * hdim), gz(hdim);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / heads, h = bh % heads, g = h / heads_per_group;
         const float* r_in = in + b * dims.row;  // z, x, B, C, dt, A, trap, angles
-        const float *B = r_in + 2 * d_inner, *C = B + bc, *dd = C + bc;
+        const float* dd = r_in + 2 * d_inner + 2 * bc;
         const float *z = r_in + h * hdim, *x = r_in + d_inner + h * hdim;  // this head's
+        const float *turn_pi = shared.data() + b * shared_row, *B = turn_pi + angles, *C = B + bc;
         const float dt = softplus(dd[h] + dtb[h]);
         const float raw_a = dd[heads + h];  // A = -max(heavy_tail(raw_a), a_floor)
         const float A = -std::max(std::max(raw_a, 0.f) + 1.f / (1.f - std::min(raw_a, 0.f)), a_floor);
@@ -566,19 +632,13 @@ struct Mamba3StateStep {
 
         // The phase turns by pi tanh(angles) dt; this position's k and q are turned by it.
         float* theta = angle + bh * angles;
-        const float* turn = dd + 3 * heads;
-        for (int64_t i = 0; i < angles; ++i) {
-          theta[i] = wrap_phase(theta[i] + static_cast<float>(M_PI) * std::tanh(turn[i]) * dt);
-          cos_t[i] = std::cos(theta[i]);
-          sin_t[i] = std::sin(theta[i]);
-        }
+        for (int64_t i = 0; i < angles; ++i) theta[i] = wrap_phase(theta[i] + turn_pi[i] * dt);
+        sin_cos(theta, sin_t.data(), cos_t.data(), angles);
         for (int64_t r = 0; r < ranks; ++r) {
           const int64_t at = r * nstate, bias_at = (h * ranks + r) * nstate, bc_at = (r * ngroups + g) * nstate;
           std::memcpy(k_prev.data() + at, K + ((b * ranks + r) * heads + h) * nstate, sizeof(float) * nstate);
-          norm_and_turn(B + bc_at, bw, bb + bias_at, b_eps, cos_t.data(), sin_t.data(), angles, !dims.mimo,
-                        k.data() + at, nstate);
-          norm_and_turn(C + bc_at, cw, cb + bias_at, c_eps, cos_t.data(), sin_t.data(), angles, !dims.mimo,
-                        q.data() + at, nstate);
+          bias_and_turn(B + bc_at, bb + bias_at, cos_t.data(), sin_t.data(), angles, !dims.mimo, k.data() + at, nstate);
+          bias_and_turn(C + bc_at, cb + bias_at, cos_t.data(), sin_t.data(), angles, !dims.mimo, q.data() + at, nstate);
         }
 
         // The state's rows: decayed, fed the previous and this position's inputs, read out by q.
@@ -610,19 +670,24 @@ struct Mamba3StateStep {
         for (int64_t p = 0; p < hdim; ++p) out[p] = 0.f;
         for (int64_t r = 0; r < ranks; ++r) {
           float* yr = y.data() + r * hdim;
-          float scale = 1.f;
+          const float* zr = z;
+          if (dims.mimo) {
+            for (int64_t p = 0; p < hdim; ++p) gz[p] = z[p] * mz[(h * ranks + r) * hdim + p];
+            zr = gz.data();
+          }
           if (dims.head_norm) {
             float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
             for (int64_t p = 0; p < hdim; ++p) ss += yr[p] * yr[p];
-            scale = 1.f / std::sqrt(ss / hdim + static_cast<float>(norm_eps));
+            const float scale = 1.f / std::sqrt(ss / hdim + static_cast<float>(norm_eps));
+            for (int64_t p = 0; p < hdim; ++p) yr[p] *= scale * nw[h * hdim + p];
           }
-          for (int64_t p = 0; p < hdim; ++p) {
-            const int64_t at = (h * ranks + r) * hdim + p;
-            const float zr = dims.mimo ? z[p] * mz[at] : z[p];
-            float v = dims.head_norm ? yr[p] * scale * nw[h * hdim + p] : yr[p];
-            v *= silu(zr);
-            out[p] += dims.mimo ? v * mo[at] : v;
+          mul_silu(yr, zr, hdim);
+          if (!dims.mimo) {
+            for (int64_t p = 0; p < hdim; ++p) out[p] += yr[p];
+            continue;
           }
+          for (int64_t p = 0; p < hdim; ++p) out[p] += yr[p] * mo[(h * ranks + r) * hdim + p];
         }
       }
     });
