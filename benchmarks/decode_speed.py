@@ -20,16 +20,17 @@ Sections (all by default; `--sections table,forward` picks some):
   mamba3     simba3-300m (Mamba-3 blocks, half the state) against simba-300m at batch 2 and 16, fp32
              and bf16 (weights and SSM state): steps/s, the bytes a step reads, and the ceiling
              ratio: simba-300m's bytes over simba3-300m's, the speedup a step bound by memory
-             traffic would show. The two run alternately, twice each, and the faster run counts.
-             Then the issue's targets at batch 16 in bf16: at least 1.3x, and at least 85% of the
-             ceiling ratio.
+             traffic would show. The two decode in one process, five steps of each in turn. Then
+             the issue's targets at batch 16 in bf16 (at least 1.3x, and at least 85% of the
+             ceiling ratio), where that step's time goes (its Linears, its mixers' fused steps,
+             the rest), and the speedup that tuning the Mamba-3 step alone could reach.
   release    simba-300m as an imported authors' checkpoint runs (`ssmttm import-release`): the
              release's text mode (a 60-token prefix, the text mask ignored) and sinusoidal
              positions; steps/s at batch 2.
 
 All runs use 2 threads and random weights.
 
-    python benchmarks/decode_speed.py            # everything (about 20 minutes, and 8 more for mamba3)
+    python benchmarks/decode_speed.py            # everything (about 20 minutes, and 4 more for mamba3)
     python benchmarks/decode_speed.py --quick    # 1 s clips and fewer steps, a smoke run
 """
 
@@ -55,14 +56,18 @@ from speed_common import (
     peak_rss_mib,
     read_bandwidth_gbs,
     rss_mib,
+    state_bytes,
     timed,
     worker,
 )
 
-from ssmttm.backbones.mamba2 import Mamba2BlockKernel
+from ssmttm.backbones.mamba2 import Mamba2, Mamba2BlockKernel
+from ssmttm.backbones.mamba3 import Mamba3
 from ssmttm.conditioning import Conditioning
 from ssmttm.generation import Generator
 from ssmttm.ops.linear import cast_linear_weights, linear
+from ssmttm.ops.mamba2_step import mamba2_step_fused
+from ssmttm.ops.mamba3_step import mamba3_step_fused
 
 EAGER = {"SSMTTM_NO_CPU_KERNELS": "1"}  # the pure-PyTorch reference path
 SECTIONS = ["table", "forward", "bandwidth", "batch16", "bf16", "ablations", "mamba3", "release"]
@@ -80,20 +85,16 @@ def run_steps(
     overrides: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
     block_kernel: bool = True,
-    bf16_state: bool = False,
 ) -> dict:
     """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory.
     `block_kernel=False` runs SiMBA blocks op by op (each op's own kernel still runs), as before
-    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own.
-    `bf16_state` stores the SSM state in bf16 between steps, as `Generator(state_dtype=...)` does."""
+    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own."""
     if not block_kernel:
         Mamba2BlockKernel.applies = lambda *_: False
     lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
     start = time.perf_counter()
     _, state = lm.prefill(Conditioning(text))
     prefill_s = time.perf_counter() - start
-    if bf16_state:
-        state = state.with_recurrent_dtype(torch.bfloat16)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
         _, state = lm.step(tokens, state)
@@ -256,6 +257,85 @@ def run_bytes(preset: str, batch: int, bf16: bool) -> dict:
     return {"bytes": bytes_per_step(lm, batch, torch.bfloat16 if bf16 else None)}
 
 
+def fused_mixer_step(mixer: Mamba2 | Mamba3, zx: torch.Tensor, state) -> torch.Tensor:
+    """What a mixer's step runs between in_proj and out_proj: its fused CPU kernel."""
+    if isinstance(mixer, Mamba3):
+        return mamba3_step_fused(zx, state.angle, state.ssm, state.k, state.v, mixer.weights())
+    weights = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log, mixer.D, mixer.norm.weight)
+    return mamba2_step_fused(zx, state.conv, *weights, state.ssm, mixer.cfg.ngroups, mixer.norm.eps)
+
+
+class TimedLinear:
+    """Stands in for ops/linear.py's `F`: its `linear` calls timed, everything else passed through."""
+
+    def __init__(self, functional) -> None:
+        self.functional, self.seconds = functional, 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(self.functional, name)
+
+    def linear(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.functional.linear(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+@torch.no_grad()
+def run_interleaved(presets: list[str], batch: int, steps: int, bf16: bool, chunk: int = 5) -> dict:
+    """Steps/s of several presets decoding in one process, `chunk` steps of each in turn, so that
+    whatever else the machine does falls on all of them alike (the weights and SSM state in bf16
+    with `bf16`). Also, where every Linear is one `F.linear` call (bf16 weights, more rows than the
+    block kernels take), where a step's time goes: its Linears, and its mixers' fused steps alone."""
+    from ssmttm.ops import cpu_kernels
+    from ssmttm.ops import linear as linear_module
+
+    dtype = torch.bfloat16 if bf16 else None
+    models = {}
+    for preset in presets:
+        lm, text = build(preset, batch, dtype)
+        _, state = lm.prefill(Conditioning(text))
+        if bf16:
+            state = state.with_recurrent_dtype(torch.bfloat16)
+        tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
+        for _ in range(3):
+            lm.step(tokens, state)
+        models[preset] = (lm, state, tokens, state_bytes(lm, batch, dtype))
+    parts = bf16 and batch > cpu_kernels.linear_max_rows()
+    timer = TimedLinear(linear_module.F)
+    if parts:
+        linear_module.F = timer
+    seconds = {p: 0.0 for p in presets}
+    linear_s = {p: 0.0 for p in presets}
+    for _ in range(max(steps // chunk, 1)):
+        for preset, (lm, state, tokens, _) in models.items():
+            timer.seconds = 0.0
+            start = time.perf_counter()
+            for _ in range(chunk):
+                lm.step(tokens, state)
+            seconds[preset] += time.perf_counter() - start
+            linear_s[preset] += timer.seconds
+    linear_module.F = timer.functional
+    done = max(steps // chunk, 1) * chunk
+    result = {p: {"steps_per_s": done / seconds[p], "state_bytes": models[p][3]} for p in presets}
+    if parts:
+        for preset, (lm, state, _, _) in models.items():
+            pairs = [(layer.mixer, s.mixer) for layer, s in zip(lm.backbone.layers, state.backbone.layers, strict=True)]
+            inputs = [torch.randn(batch, mixer.in_proj.out_features) * 0.5 for mixer, _ in pairs]
+
+            def mixers(pairs=pairs, inputs=inputs) -> None:
+                for (mixer, mixer_state), zx in zip(pairs, inputs, strict=True):
+                    fused_mixer_step(mixer, zx, mixer_state)
+
+            mixers()
+            result[preset] |= {
+                "step_s": seconds[preset] / done,
+                "linear_s": linear_s[preset] / done,
+                "mixer_s": timed(lambda mixers=mixers: [mixers() for _ in range(chunk)]) / chunk,
+            }
+    return result
+
+
 def section_mamba3(steps: int) -> None:
     presets = ("simba-300m", "simba3-300m")
     dtypes = [False, True] if cpu_has_bf16() else [False]
@@ -266,15 +346,14 @@ def section_mamba3(steps: int) -> None:
         "MB a step reads (simba / simba3) | ceiling ratio | speedup / ceiling |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    verdicts = []
+    verdicts, parts = [], None
     for batch in (2, 16):
         for bf16 in dtypes:
             n = steps if batch == 2 else max(steps // 4, 5)
-            rates = {p: 0.0 for p in presets}
-            for _ in range(2):
-                for p in presets:
-                    run = in_process("steps", preset=p, batch=batch, steps=n, bf16=bf16, bf16_state=bf16)
-                    rates[p] = max(rates[p], run["steps_per_s"])
+            run = in_process("interleaved", presets=list(presets), batch=batch, steps=n, bf16=bf16)
+            rates = {p: run[p]["steps_per_s"] for p in presets}
+            if batch == 16 and bf16:
+                parts = run
             nbytes = {p: in_process("bytes", preset=p, batch=batch, bf16=bf16)["bytes"] for p in presets}
             speedup = rates["simba3-300m"] / rates["simba-300m"]
             ceiling = nbytes["simba-300m"] / nbytes["simba3-300m"]
@@ -294,6 +373,30 @@ def section_mamba3(steps: int) -> None:
                 ]
     for line in verdicts:
         print(line)
+    if parts is None:
+        return
+    print("\nbatch 16, bf16, where a step's time goes (ms):")
+    print("| preset | step | its Linears | its mixers' fused steps | the rest | SSM state MB |")
+    print("|---|---|---|---|---|---|")
+    for p in presets:
+        part = parts[p]
+        rest = part["step_s"] - part["linear_s"] - part["mixer_s"]
+        print(
+            f"| {p} | {1e3 * part['step_s']:.1f} | {1e3 * part['linear_s']:.1f} | {1e3 * part['mixer_s']:.1f} | "
+            f"{1e3 * rest:.1f} | {part['state_bytes'] / 1e6:.0f} |"
+        )
+    # What tuning Mamba-3's own step can reach: simba-300m's step with its Linears replaced by
+    # simba3-300m's (as measured) and its mixers' time scaled by the state's bytes, i.e. Mamba-3's
+    # step as fast per byte as Mamba-2's, and the rest of the step costing what it costs simba-300m.
+    a, b = parts["simba-300m"], parts["simba3-300m"]
+    best = (
+        a["step_s"] - a["linear_s"] + b["linear_s"] - a["mixer_s"] + a["mixer_s"] * b["state_bytes"] / a["state_bytes"]
+    )
+    print(
+        f"reachable by tuning the mixer alone (simba-300m's step with simba3-300m's Linears and its "
+        f"mixers at Mamba-2's time per state byte): {a['step_s'] / best:.2f}x, against the measured "
+        f"{a['step_s'] / b['step_s']:.2f}x"
+    )
 
 
 def section_release(steps: int) -> None:
@@ -320,7 +423,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(
-            {"steps": run_steps, "forward": run_forward, "matmul": run_matmul_forms, "bytes": run_bytes},
+            {
+                "steps": run_steps,
+                "forward": run_forward,
+                "matmul": run_matmul_forms,
+                "bytes": run_bytes,
+                "interleaved": run_interleaved,
+            },
             json.loads(args.worker),
         )
         return
