@@ -1,6 +1,7 @@
-"""The paper's findings 1 and 3 in miniature: SiMBA, Mamba-2 and a Transformer of equal size, trained
-for the same number of steps on the synthetic corpus on the CPU, compared by validation loss against
-steps and against training FLOPs.
+"""The paper's findings 1 and 3 in miniature: SiMBA, Mamba-2 and a Transformer of equal size, and the
+same two SSMs with Mamba-3 mixers at half the state (tiny-simba3, tiny-mamba3), trained for the same
+number of steps on the synthetic corpus on the CPU, compared by validation loss against steps and
+against training FLOPs.
 
     ssmttm data synth --n 1000 --seed 100 --sample-rate 22050 --out corpus-fit --workers 2
     ssmttm data prepare --source corpus-fit --codec embedded --out data/synth-embedded --segment-seconds 10 --workers 2
@@ -29,7 +30,7 @@ from ssmttm.training.trainer import Trainer
 
 tune_allocator()  # as the CLI does: every figure here was measured with it (ssmttm/_allocator.py)
 
-BACKBONES = ("tiny-simba", "tiny-mamba2", "tiny-transformer")
+BACKBONES = ("tiny-simba", "tiny-mamba2", "tiny-transformer", "tiny-simba3", "tiny-mamba3")
 
 
 def loader_rate(batches, count: int = 50) -> float:
