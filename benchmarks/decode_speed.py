@@ -251,12 +251,6 @@ def section_ablations(positions: int) -> None:
     )
 
 
-@torch.no_grad()
-def run_bytes(preset: str, batch: int, bf16: bool) -> dict:
-    lm, _ = build(preset, batch, torch.bfloat16 if bf16 else None)
-    return {"bytes": bytes_per_step(lm, batch, torch.bfloat16 if bf16 else None)}
-
-
 def fused_mixer_step(mixer: Mamba2 | Mamba3, zx: torch.Tensor, state) -> torch.Tensor:
     """What a mixer's step runs between in_proj and out_proj: its fused CPU kernel."""
     if isinstance(mixer, Mamba3):
@@ -285,8 +279,9 @@ class TimedLinear:
 def run_interleaved(presets: list[str], batch: int, steps: int, bf16: bool, chunk: int = 5) -> dict:
     """Steps/s of several presets decoding in one process, `chunk` steps of each in turn, so that
     whatever else the machine does falls on all of them alike (the weights and SSM state in bf16
-    with `bf16`). Also, where every Linear is one `F.linear` call (bf16 weights, more rows than the
-    block kernels take), where a step's time goes: its Linears, and its mixers' fused steps alone."""
+    with `bf16`), and the bytes a step reads (all, and the SSM state's). Also, where every Linear
+    is one `F.linear` call (bf16 weights, more rows than the block kernels take), where a step's
+    time goes: its Linears, and its mixers' fused steps alone."""
     from ssmttm.ops import cpu_kernels
     from ssmttm.ops import linear as linear_module
 
@@ -300,7 +295,7 @@ def run_interleaved(presets: list[str], batch: int, steps: int, bf16: bool, chun
         tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
         for _ in range(3):
             lm.step(tokens, state)
-        models[preset] = (lm, state, tokens, state_bytes(lm, batch, dtype))
+        models[preset] = (lm, state, tokens)
     parts = bf16 and batch > cpu_kernels.linear_max_rows()
     timer = TimedLinear(linear_module.F)
     if parts:
@@ -308,7 +303,7 @@ def run_interleaved(presets: list[str], batch: int, steps: int, bf16: bool, chun
     seconds = {p: 0.0 for p in presets}
     linear_s = {p: 0.0 for p in presets}
     for _ in range(max(steps // chunk, 1)):
-        for preset, (lm, state, tokens, _) in models.items():
+        for preset, (lm, state, tokens) in models.items():
             timer.seconds = 0.0
             start = time.perf_counter()
             for _ in range(chunk):
@@ -317,9 +312,16 @@ def run_interleaved(presets: list[str], batch: int, steps: int, bf16: bool, chun
             linear_s[preset] += timer.seconds
     linear_module.F = timer.functional
     done = max(steps // chunk, 1) * chunk
-    result = {p: {"steps_per_s": done / seconds[p], "state_bytes": models[p][3]} for p in presets}
+    result = {
+        p: {
+            "steps_per_s": done / seconds[p],
+            "bytes": bytes_per_step(lm, batch, dtype),
+            "state_bytes": state_bytes(lm, batch, dtype),
+        }
+        for p, (lm, _, _) in models.items()
+    }
     if parts:
-        for preset, (lm, state, _, _) in models.items():
+        for preset, (lm, state, _) in models.items():
             pairs = [(layer.mixer, s.mixer) for layer, s in zip(lm.backbone.layers, state.backbone.layers, strict=True)]
             inputs = [torch.randn(batch, mixer.in_proj.out_features) * 0.5 for mixer, _ in pairs]
 
@@ -354,7 +356,7 @@ def section_mamba3(steps: int) -> None:
             rates = {p: run[p]["steps_per_s"] for p in presets}
             if batch == 16 and bf16:
                 parts = run
-            nbytes = {p: in_process("bytes", preset=p, batch=batch, bf16=bf16)["bytes"] for p in presets}
+            nbytes = {p: run[p]["bytes"] for p in presets}
             speedup = rates["simba3-300m"] / rates["simba-300m"]
             ceiling = nbytes["simba-300m"] / nbytes["simba3-300m"]
             dtype = "bf16" if bf16 else "fp32"
@@ -427,7 +429,6 @@ def main() -> None:
                 "steps": run_steps,
                 "forward": run_forward,
                 "matmul": run_matmul_forms,
-                "bytes": run_bytes,
                 "interleaved": run_interleaved,
             },
             json.loads(args.worker),

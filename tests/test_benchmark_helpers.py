@@ -39,5 +39,6 @@ def test_the_interleaved_decode_splits_a_step_into_linears_mixers_and_the_rest()
         part = result[name]
         assert part["steps_per_s"] == pytest.approx(1 / part["step_s"])
         assert 0 < part["linear_s"] < part["step_s"] and part["mixer_s"] > 0
+        assert part["bytes"] > part["state_bytes"] > 0  # the weights besides the state
     assert result["tiny-simba3"]["state_bytes"] < result["tiny-simba"]["state_bytes"]  # half the d_state
     assert "linear_s" not in run_interleaved(["tiny-simba3"], batch, steps=1, bf16=False, chunk=1)["tiny-simba3"]
