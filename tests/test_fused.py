@@ -185,7 +185,13 @@ SMALL_SIMBA = [*SMALL_MAMBA2, "backbone.mlp_hidden=72"]
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])
-@pytest.mark.parametrize(("weight_dtype", "state_dtype"), [(None, None), (torch.bfloat16, torch.bfloat16)])
+# Packed weights ("int8", "int4") with an fp32 state: their activations are rounded to int8, so an
+# fp32 difference between the paths that lands on a rounding boundary moves a logit by 1e-2; a bf16
+# state's ulp-sized differences (8e-3) would land there often.
+@pytest.mark.parametrize(
+    ("weight_dtype", "state_dtype"),
+    [(None, None), (torch.bfloat16, torch.bfloat16), ("int8", None), ("int4", None)],
+)
 @pytest.mark.parametrize(
     ("preset", "overrides"),
     [
@@ -202,7 +208,7 @@ def test_block_step_kernel_decodes_like_the_modules(
     if rows > cpu_kernels.linear_max_rows():
         pytest.skip("this build of the kernels takes at most 4 rows (no AVX-512)")
     torch.manual_seed(0)
-    lm = Generator(MusicLM(load_preset(preset, overrides)), weight_dtype=weight_dtype).lm
+    lm = _decoding_lm(MusicLM(load_preset(preset, overrides)), weight_dtype)
     with torch.no_grad():
         _, state = lm.prefill(Conditioning(torch.randn(rows, 5, lm.cfg.text_dim)))
         if state_dtype is not None:
@@ -229,6 +235,13 @@ def test_block_step_kernel_decodes_like_the_modules(
         assert got.dtype == want.dtype
         tolerance = 1e-5 if got.dtype == torch.float32 else 8e-3  # bf16: an ulp where fp32 sums differ
         torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
+
+
+def _decoding_lm(lm: MusicLM, weights: torch.dtype | str | None) -> MusicLM:
+    """The LM a generator decodes with, its Linear weights in a dtype, or packed ("int8", "int4")."""
+    if isinstance(weights, str):
+        return Generator(lm, quantize=weights).lm
+    return Generator(lm, weight_dtype=weights).lm
 
 
 def test_block_step_kernel_is_not_used_where_it_cannot_apply():

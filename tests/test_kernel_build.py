@@ -55,7 +55,12 @@ def test_the_cache_name_changes_with_the_source_the_flags_and_the_cpu(tmp_path, 
     source = tmp_path / "cpu_kernels.cpp"
     source.write_text(cpu_kernels.SOURCE.read_text() + "\n// another version\n")
     monkeypatch.setattr(cpu_kernels, "SOURCE", source)
-    assert cpu_kernels.cache_name("x86-64-v3", ["-march=x86-64-v3"]) != v3
+    changed_source = cpu_kernels.cache_name("x86-64-v3", ["-march=x86-64-v3"])
+    assert changed_source != v3
+    header = tmp_path / "quantized_dot.h"  # an included header is part of the build too
+    header.write_text(cpu_kernels.HEADERS[0].read_text() + "\n// another version\n")
+    monkeypatch.setattr(cpu_kernels, "HEADERS", (header,))
+    assert cpu_kernels.cache_name("x86-64-v3", ["-march=x86-64-v3"]) not in (v3, changed_source)
 
 
 @pytest.mark.slow  # one build of the kernels, about 40 s

@@ -181,7 +181,8 @@ def mamba2_state_bytes(d_model: int, cfg: Mamba2Config, state_dtype: torch.dtype
 
 # -- the fused CPU step of a whole block ------------------------------------------------------------
 
-_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)  # Linear weights the block kernels read
+# Linear weights the block kernels read: fp32, bf16, and int8 and int4 packed (ops/quantize.py)
+_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16, torch.int8, torch.uint8)
 
 
 class Mamba2BlockKernel(NamedTuple):
@@ -192,7 +193,7 @@ class Mamba2BlockKernel(NamedTuple):
     is seen; replacing a submodule afterwards is not."""
 
     cross: bool  # whether the block attends to the text
-    linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
+    linear_weights: tuple[Tensor, ...]  # each in _KERNEL_WEIGHTS
     fp32_weights: tuple[Tensor, ...]  # each must be fp32: the norms'
     weights: tuple  # block_step's arguments after the state's
     check_rows: Callable[[Tensor, BlockState], None]  # the block's own row check, shared with its modules' step

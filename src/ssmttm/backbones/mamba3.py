@@ -288,7 +288,7 @@ class Mamba3BlockKernel(NamedTuple):
     is seen; replacing a submodule afterwards is not."""
 
     cross: bool  # whether the block attends to the text
-    linear_weights: tuple[Tensor, ...]  # each must be fp32 or bf16
+    linear_weights: tuple[Tensor, ...]  # each in mamba2._KERNEL_WEIGHTS
     fp32_weights: tuple[Tensor, ...]  # each must be fp32: the norms' and the mixer's vectors
     weights: tuple  # mamba3_block_step's arguments after the state's
     check_rows: Callable[[Tensor, BlockState], None]  # the block's own row check, shared with its modules' step

@@ -9,7 +9,8 @@
 //
 // linear_rows: y = x W^T + b for 1-8 rows (1-4 without AVX-512). At these batch sizes MKL and
 // oneDNN stream weights no faster than this loop, and on some CPUs several times slower
-// (benchmarks/README.md). Twin: the fp32 matmul on the same weights.
+// (benchmarks/README.md). Twin: the fp32 matmul on the same weights. With int8 or int4 weights
+// (any number of rows; quantized_dot.h) the twin is quantize.quantized_linear.
 //
 // block_step: a whole Mamba-2 or SiMBA block (RMSNorm, in_proj, mamba2_step, out_proj, residual;
 // then any cross-attention to the text and any MLP, each after an RMSNorm, each with its residual)
@@ -23,6 +24,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -315,8 +317,30 @@ static void expect(const char* fn, const char* name, const torch::Tensor& t, c10
               t.device().is_cpu() ? "" : " on " + t.device().str());
 }
 
-// A weight (out, in) as linear_into reads it; out -1: any.
+static bool is_packed(const torch::Tensor& weight) {
+  return weight.scalar_type() == torch::kInt8 || weight.scalar_type() == torch::kUInt8;
+}
+
+// A packed weight (ops/quantize.py): int8 (out, in + 4); int4 (out, groups, 2 + g / 2), g 32, 64 or
+// 128, its groups covering `in` padded to a multiple of max(64, g).
+static void check_packed(const char* fn, const char* name, const torch::Tensor& weight, int64_t out, int64_t in) {
+  const bool int8 = weight.scalar_type() == torch::kInt8;
+  const int64_t group = int8 || weight.dim() != 3 ? 0 : 2 * (weight.size(2) - 2);
+  const int64_t unit = std::max<int64_t>(64, group), padded = (in + unit - 1) / unit * unit;
+  const bool layout = int8 ? weight.dim() == 2 && weight.size(1) == in + 4
+                           : weight.dim() == 3 && (group == 32 || group == 64 || group == 128) &&
+                                 weight.size(1) * group == padded;
+  const std::string shape = int8 ? shape_text({out, in + 4}) : "(" + std::string(out < 0 ? "*" : std::to_string(out)) +
+                                                                  ", in / g padded, 2 + g / 2) with g 32, 64 or 128";
+  TORCH_CHECK(layout && (out < 0 || weight.size(0) == out) && weight.device().is_cpu() && weight.is_contiguous(), fn,
+              ": ", name, " must be a contiguous CPU ", int8 ? "int8" : "int4 (uint8)", " weight of shape ", shape,
+              " for ", in, " inputs, not ", shape_text(weight.sizes()), weight.is_contiguous() ? "" : " strided",
+              weight.device().is_cpu() ? "" : " on " + weight.device().str());
+}
+
+// A weight (out, in) as linear_into reads it, fp32, bf16 or packed; out -1: any.
 static void check_weight(const char* fn, const char* name, const torch::Tensor& weight, int64_t out, int64_t in) {
+  if (is_packed(weight)) return check_packed(fn, name, weight, out, in);
   expect(fn, name, weight, {out, in}, Dtype::fp32_or_bf16);
 }
 
@@ -941,8 +965,12 @@ static constexpr int64_t MAX_ROWS = 4;
 static int64_t padded_rows(int64_t rows) { return rows; }
 #endif
 
+#include "quantized_dot.h"
+
 // Y (rows, out) = X (rows, in) W^T, X and Y contiguous fp32; rows 5-7 go through padded copies.
+// Packed weights take any number of rows (quantized_dot.h).
 static void linear_into(const torch::Tensor& weight, const float* X, float* Y, int64_t rows, int64_t in) {
+  if (is_packed(weight)) return quantized_linear_into(weight, X, Y, rows, in);
   const int64_t out = weight.size(0), padded = padded_rows(rows);
   std::vector<float> xpad, ypad;
   if (padded > rows) {
@@ -978,9 +1006,10 @@ static void add_bias(const c10::optional<torch::Tensor>& bias, float* Y, int64_t
 }
 
 torch::Tensor linear_rows(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MAX_ROWS && x.device().is_cpu(),
-              "linear_rows: x must be a CPU tensor of 1 to ", MAX_ROWS, " rows, not ", shape_text(x.sizes()),
-              x.device().is_cpu() ? "" : " on " + x.device().str());
+  const int64_t max_rows = is_packed(weight) ? INT64_MAX : MAX_ROWS;
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.device().is_cpu(),
+              "linear_rows: x must be a CPU tensor of 1 to ", MAX_ROWS, " rows (any number with packed weights), not ",
+              shape_text(x.sizes()), x.device().is_cpu() ? "" : " on " + x.device().str());
   x = x.contiguous().to(torch::kFloat32);
   const int64_t rows = x.size(0), in = x.size(1);
   check_weight("linear_rows", "weight", weight, -1, in);
@@ -1238,7 +1267,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mamba2_step", &mamba2_step, "fused Mamba-2 decoding step", arg("zxbcdt"), arg("conv_state"),
         arg("conv_weight"), arg("conv_bias"), arg("dt_bias"), arg("A_log"), arg("D"), arg("norm_weight"),
         arg("ssm_state"), arg("ngroups"), arg("eps"));
-  m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32 or bf16 weights", arg("x"), arg("weight"),
+  m.def("linear_rows", &linear_rows, "x W^T + b for a few fp32 rows, fp32, bf16, int8 or int4 weights", arg("x"), arg("weight"),
         arg("bias") = py::none());
   m.def("block_step", &block_step,
         "one Mamba-2 or SiMBA block's decoding step: the mixer, any cross-attention and any MLP, each after an RMSNorm",

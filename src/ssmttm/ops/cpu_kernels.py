@@ -38,6 +38,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+HEADERS = (Path(__file__).with_name("quantized_dot.h"),)  # included by SOURCE: part of the cache key
 LDFLAGS = ["-fopenmp"]
 
 
@@ -73,7 +74,7 @@ def cache_name(isa: str, flags: list[str]) -> str:
     target = re.sub(r"\W", "_", isa)
     if isa == "native":
         target += "_" + hashlib.sha256(_cpu_flags().encode()).hexdigest()[:8]
-    key = [SOURCE.read_text(), *flags, *LDFLAGS, torch.__version__, sys.version]
+    key = [SOURCE.read_text(), *(h.read_text() for h in HEADERS), *flags, *LDFLAGS, torch.__version__, sys.version]
     return f"ssmttm_cpu_kernels_{target}_{hashlib.sha256(chr(0).join(key).encode()).hexdigest()[:12]}"
 
 

@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmttm.ops import cpu_kernels
+from ssmttm.ops.quantize import is_quantized, quantized_linear
 
 
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) for x (..., in); the output keeps x's dtype whatever the weight dtype."""
     weight, bias = layer.weight, layer.bias
+    if is_quantized(weight):  # int8 or int4 (ops/quantize.py): the kernel takes any number of rows
+        if x.dim() == 2 and _quantized_kernel_applies(x, weight):
+            return cpu_kernels.extension().linear_rows(x, weight, bias)
+        return quantized_linear(x, weight, bias, layer.in_features)
     if x.dim() == 2:  # a decoding step: a few rows against every weight
         if _kernel_applies(x, weight):
             return cpu_kernels.extension().linear_rows(x, weight, bias).to(x.dtype)
@@ -42,6 +47,17 @@ def _kernel_applies(x: Tensor, weight: Tensor) -> bool:
         and not torch.is_grad_enabled()
         and cpu_kernels.available()
         and x.shape[0] <= cpu_kernels.linear_max_rows()
+    )
+
+
+def _quantized_kernel_applies(x: Tensor, weight: Tensor) -> bool:
+    return (
+        x.dtype == torch.float32
+        and x.is_cpu
+        and weight.is_cpu
+        and weight.is_contiguous()
+        and not torch.is_grad_enabled()
+        and cpu_kernels.available()
     )
 
 
