@@ -38,6 +38,9 @@ def model_dir(tmp_path_factory):
         ("bf16", "mamba", Precision(torch.bfloat16, torch.bfloat16)),
         ("bf16", "simba3", Precision(torch.bfloat16, torch.bfloat16)),
         ("bf16", "transformer", Precision(torch.bfloat16, torch.float32)),  # a KV cache is not a recurrent state
+        ("int8", "simba", Precision(torch.float32, torch.bfloat16, quantized="int8")),
+        ("int4", "mamba", Precision(torch.float32, torch.bfloat16, quantized="int4")),
+        ("int8", "transformer", Precision(torch.float32, torch.float32, quantized="int8")),
     ],
 )
 def test_precision_names_resolve_by_what_the_backbone_keeps(name, kind, expected):
@@ -45,8 +48,29 @@ def test_precision_names_resolve_by_what_the_backbone_keeps(name, kind, expected
     assert expected.name == name
 
 
+def test_the_cli_offers_every_precision_name():
+    from ssmttm.generation.command import PRECISIONS  # spelled out there, so that --help imports no torch
+
+    assert tuple(PRECISIONS) == Precision.NAMES
+
+
+@pytest.mark.parametrize(("name", "weight_format"), [("int8", "int8"), ("int4", "int4-g64")])
+def test_int8_and_int4_quantize_at_load_and_the_record_says_so(model_dir, name, weight_format):
+    model = TextToMusic.from_pretrained(model_dir, precision=name)
+    assert model.generator.lm is model.lm  # quantized in place: no fp32 copy kept beside it
+    linears = [m for m in model.lm.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(m.weight.dtype == (torch.int8 if name == "int8" else torch.uint8) for m in linears)
+    record = generation_record(model, prompt="calm piano", seed=1, duration=0.5, sampling=SamplingConfig(), elapsed=1)
+    assert (record["precision"], record["weight_dtype"], record["state_dtype"]) == (name, weight_format, "bfloat16")
+    codes = model.generate_codes("calm piano", duration=0.5, seed=3)
+    assert codes.shape[-1] > 0 and int(codes.max()) < model.lm.cfg.cardinality
+    with pytest.raises(ValueError, match="int4 group size 48: choose one of 32, 64, 128"):
+        Precision(quantized="int4", group=48)
+    assert Precision(quantized="int4", group=128).name == "int4-g128"
+
+
 def test_unknown_precisions_and_devices_are_one_line_errors():
-    with pytest.raises(ValueError, match="precision 'fp8': choose one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision 'fp8': choose one of fp32, bf16, int8, int4"):
         Precision.named("fp8", "simba")
     with pytest.raises(ValueError, match="device gpu7: not a device name"):
         resolve_device("gpu7")

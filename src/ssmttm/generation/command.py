@@ -16,6 +16,9 @@ from ssmttm.files import read_json, write_json
 if TYPE_CHECKING:
     import numpy as np
 
+# Precision.NAMES, spelled out so that --help imports no torch (test_front_end checks they agree).
+PRECISIONS = ["fp32", "bf16", "int8", "int4"]
+
 
 def add_generate_command(commands: argparse._SubParsersAction) -> None:
     demo = _demo_defaults()
@@ -64,11 +67,12 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     )
     gen.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        choices=PRECISIONS,
         default="fp32",
         help="bf16: decode with the Linear weights and the SSM state stored in bf16, fewer bytes a step "
-        "(faster; the logits move by a few hundredths, so the samples part from fp32's, sooner or later) "
-        "(default: %(default)s)",
+        "(faster; the logits move by a few hundredths, so the samples part from fp32's, sooner or later); "
+        "int8 or int4: the Linear weights quantized at load time (a quarter or an eighth of fp32's bytes; "
+        "docs/quantization.md says what each costs), the SSM state in bf16 (default: %(default)s)",
     )
     gen.add_argument(
         "--spectrogram", help="also draw the outputs' spectrograms into this image, png or svg (default: none)"

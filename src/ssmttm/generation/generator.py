@@ -20,6 +20,7 @@ from ssmttm.generation.cuda_graph import GraphedStep, graphs_apply
 from ssmttm.generation.sampling import SamplingConfig, classifier_free_guidance, sample
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
+from ssmttm.ops.quantize import DEFAULT_GROUP, quantize_linear_weights, weight_format
 
 
 class Generator:
@@ -30,9 +31,15 @@ class Generator:
         weight_dtype: torch.dtype | None = None,
         state_dtype: torch.dtype | None = None,
         cuda_graph: bool | None = None,
+        quantize: str | None = None,
+        group: int = DEFAULT_GROUP,
     ) -> None:
         """weight_dtype: decode with a private copy of the model whose Linear weights are stored in
         this dtype (bf16 halves the bytes a step reads); activations stay fp32.
+
+        quantize: "int8" or "int4" (in groups of `group` inputs) decodes with a private copy whose
+        Linear weights are packed so (ops/quantize.py: a quarter or an eighth of fp32's bytes, each
+        Linear's activations quantized per row to int8 on the way in).
 
         state_dtype: store the SSM's recurrent state in this dtype between steps (bf16: half the
         bytes; at batch 16 the state is most of what a step reads and writes). Each step updates
@@ -52,6 +59,10 @@ class Generator:
             raise ValueError(f"a {lm.cfg.backbone.kind} decodes with {choices} weights, not {weight_dtype}")
         if weight_dtype is not None and weight_dtype != torch.float32:
             lm = cast_linear_weights(copy.deepcopy(lm), weight_dtype)
+        if quantize is not None:
+            lm = quantize_linear_weights(
+                lm if weight_dtype not in (None, torch.float32) else copy.deepcopy(lm), quantize, group
+            )
         if state_dtype == torch.float32:
             state_dtype = None
         if state_dtype is not None:
@@ -72,6 +83,12 @@ class Generator:
         """The dtype the Linear weights are stored in as this generator decodes (what it runs, not
         what was asked: the sidecar of `ssmttm generate` records it)."""
         return next(m.weight.dtype for m in self.lm.modules() if isinstance(m, nn.Linear))
+
+    @property
+    def weight_format(self) -> str:
+        """ "float32", "bfloat16", "int8" or "int4-g<size>": the Linear weights as this generator
+        decodes with them (packed ones have an integer dtype that does not say which)."""
+        return weight_format(next(m.weight for m in self.lm.modules() if isinstance(m, nn.Linear)))
 
     @torch.no_grad()
     def generate(

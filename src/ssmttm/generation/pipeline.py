@@ -39,6 +39,7 @@ from ssmttm.generation.sampling import SamplingConfig
 from ssmttm.generation.stage2_renderer import Stage2Renderer
 from ssmttm.lm import MusicLM
 from ssmttm.ops.linear import cast_linear_weights
+from ssmttm.ops.quantize import quantize_linear_weights
 from ssmttm.patterns import StreamingRevert
 from ssmttm.pretrained import PretrainedConfig, load_pretrained, read_config, resolve, save_pretrained
 from ssmttm.text import TextEncoder, load_text_encoder
@@ -86,6 +87,8 @@ class TextToMusic:
             raise GenerationError(str(err)) from None
         if precision.weight_dtype != torch.float32:
             cast_linear_weights(lm, precision.weight_dtype)
+        if precision.quantized is not None:
+            quantize_linear_weights(lm, precision.quantized, precision.group)
         self.lm, self.codec, self.renderer = lm.eval(), codec, renderer
         self.text_encoder, self.config, self.precision = text_encoder, config, precision
         self.generator = Generator(lm, state_dtype=precision.state_dtype)
@@ -108,7 +111,7 @@ class TextToMusic:
 
         `device`: "cpu", "cuda", "cuda:N" or "auto"; it is the LM's and the text encoder's, and the
         codec's too unless it is a CPU-only one (`codecs.codec_device`). Audio always comes back on
-        the CPU. `precision`: "fp32", "bf16" (`Precision.named`), or a `Precision`.
+        the CPU. `precision`: "fp32", "bf16", "int8", "int4" (`Precision.named`), or a `Precision`.
 
         Loading tunes glibc's allocator for the process (ssmttm._allocator: a long forward was
         1.7x slower without it); set SSMTTM_KEEP_MALLOC=1 to keep yours."""

@@ -49,7 +49,7 @@ def generation_record(
         "generation_s": round(elapsed, 3),
         "device": model.device,
         "precision": model.precision.name,
-        "weight_dtype": dtype_name(model.generator.weight_dtype),
+        "weight_dtype": model.generator.weight_format,
         "state_dtype": dtype_name(model.generator.state_dtype or torch.float32),
         "torch_threads": torch.get_num_threads(),
     }
