@@ -49,7 +49,7 @@ def test_packing_rounds_each_weight_to_its_nearest_level(fmt, group, width):
     assert (err <= step * (1 + 8 * 2**-8)).all()
 
 
-def test_activations_round_half_to_even_as_the_kernel_does():
+def test_activations_round_half_to_even_as_the_kernel_does(kernels):
     """quantize_rows divides 127 by the row's peak (torch's `127 / t` is 127 * (1 / t), at times an ulp
     away, which moved a product sitting on a tie to the other integer)."""
     x = torch.tensor([[-1.4288, 3.456335, 0.0]])
@@ -58,6 +58,9 @@ def test_activations_round_half_to_even_as_the_kernel_does():
     assert scale.item() == pytest.approx(3.456335 / 127)
     q, scale = Q.quantize_rows(torch.zeros(2, 5))
     assert q.eq(0).all() and scale.eq(0).all()
+    identity = Q.pack(torch.eye(3), "int8")  # each row 127 at a scale of 1/127: the kernel returns q * scale
+    y = kernels.linear_rows(x, identity, None)
+    assert torch.round(y / (3.456335 / 127)).tolist() == [[-52.0, 127.0, 0.0]]
 
 
 @pytest.mark.parametrize(("fmt", "group"), FORMATS)

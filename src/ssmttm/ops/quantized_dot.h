@@ -66,20 +66,48 @@ struct QuantRows {
       : q(rows * padded_in, 0), scale(rows), sum(rows), padded(padded_in) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* x = X + r * in;
-      float peak = 0.f;
-      for (int64_t j = 0; j < in; ++j) peak = std::max(peak, std::fabs(x[j]));
+      const float peak = abs_max(x, in);
       const float inverse = peak > 0.f ? 127.f / peak : 0.f;
-      int32_t total = 0;
-      int8_t* qr = q.data() + r * padded;
-      for (int64_t j = 0; j < in; ++j) {
-        const float v = std::min(127.f, std::max(-127.f, std::nearbyint(x[j] * inverse)));
-        qr[j] = static_cast<int8_t>(v);
-        total += qr[j];
-      }
       scale[r] = peak / 127.f;
-      sum[r] = total;
+      sum[r] = round_into(x, in, inverse, q.data() + r * padded);
     }
   }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  // 16 at a time; the conversion rounds to nearest even (MXCSR's default), as nearbyint does.
+  static float abs_max(const float* x, int64_t n) {
+    __m512 peak = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) peak = _mm512_max_ps(peak, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - j), x + j)));
+    return _mm512_reduce_max_ps(peak);
+  }
+  static int32_t round_into(const float* x, int64_t n, float inverse, int8_t* out) {
+    const __m512 scale = _mm512_set1_ps(inverse);
+    const __m512i low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 m = tail_mask(n - j);
+      __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), scale));
+      v = _mm512_maskz_mov_epi32(m, _mm512_min_epi32(_mm512_max_epi32(v, low), high));
+      total = _mm512_add_epi32(total, v);
+      _mm_mask_storeu_epi8(out + j, m, _mm512_cvtepi32_epi8(v));
+    }
+    return _mm512_reduce_add_epi32(total);
+  }
+#else
+  static float abs_max(const float* x, int64_t n) {
+    float peak = 0.f;
+    for (int64_t j = 0; j < n; ++j) peak = std::max(peak, std::fabs(x[j]));
+    return peak;
+  }
+  static int32_t round_into(const float* x, int64_t n, float inverse, int8_t* out) {
+    int32_t total = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      out[j] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(x[j] * inverse))));
+      total += out[j];
+    }
+    return total;
+  }
+#endif
 };
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
