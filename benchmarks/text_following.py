@@ -238,6 +238,13 @@ def main() -> int:
         help="store the SSM state in bf16 between steps (`Generator(state_dtype=...)`): does the model still follow?",
     )
     parser.add_argument(
+        "--precision",
+        choices=list(Precision.NAMES),
+        default="fp32",
+        help="decode as `ssmttm generate --precision` does (bf16, int8, int4: the state in bf16 too); "
+        "with fp32, --state-dtype chooses the state's",
+    )
+    parser.add_argument(
         "--bpm-captions",
         type=float,
         default=0.0,
@@ -248,8 +255,11 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work)
 
+    if args.precision != "fp32" and args.state_dtype != "fp32":
+        parser.error("--state-dtype goes with --precision fp32 (the others choose the state's dtype themselves)")
     state = torch.bfloat16 if args.state_dtype == "bf16" else torch.float32
-    model = TextToMusic.from_pretrained(args.model, precision=Precision(state_dtype=state))
+    precision = args.precision if args.precision != "fp32" else Precision(state_dtype=state)
+    model = TextToMusic.from_pretrained(args.model, precision=precision)
     real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False, args.bpm_captions)
     real_codes = encode_clips(model, real, work / "classifier-corpus")
     loss = text_losses(model, real, real_codes)
