@@ -35,15 +35,19 @@ THREADS = 2
 def build(
     preset: str,
     batch: int,
-    weight_dtype: torch.dtype | None = None,
+    weight_dtype: torch.dtype | str | None = None,
     overrides: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
 ) -> tuple[MusicLM, torch.Tensor]:
     """A preset (with config overrides) with random weights (seed 0), ready to decode, and random
-    text (batch, text_tokens, text_dim)."""
+    text (batch, text_tokens, text_dim). `weight_dtype` "int8" or "int4" packs the Linear weights
+    (`Generator(quantize=...)`, int4 in its default groups)."""
     torch.manual_seed(0)
     cfg = load_preset(preset, overrides)
-    lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
+    if isinstance(weight_dtype, str):
+        lm = Generator(MusicLM(cfg), quantize=weight_dtype).lm
+    else:
+        lm = Generator(MusicLM(cfg), weight_dtype=weight_dtype).lm
     return lm, torch.randn(batch, text_tokens, cfg.text_dim)
 
 
