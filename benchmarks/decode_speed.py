@@ -26,7 +26,8 @@ Sections (all by default; `--sections table,forward` picks some):
              the rest), and the speedup that tuning the Mamba-3 step alone could reach.
   release    simba-300m as an imported authors' checkpoint runs (`ssmttm import-release`): the
              release's text mode (a 60-token prefix, the text mask ignored) and sinusoidal
-             positions; steps/s at batch 2.
+             positions; steps/s at batch 2, in fp32 and with int8 and int4 weights (a bf16
+             state), each as x real time against issue 28's target (int4 at least 0.6x).
 
 All runs use 2 threads and random weights.
 
@@ -85,16 +86,21 @@ def run_steps(
     overrides: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
     block_kernel: bool = True,
+    quant: str | None = None,
+    bf16_state: bool = False,
 ) -> dict:
     """Prefill the text, then `steps` decoding steps; steps/s over all of them, and memory.
     `block_kernel=False` runs SiMBA blocks op by op (each op's own kernel still runs), as before
-    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own."""
+    `block_step` (ops/cpu_kernels.cpp) existed; it runs in a worker process of its own. `quant`
+    "int8" or "int4" packs the Linear weights; `bf16_state` stores the state in bf16."""
     if not block_kernel:
         Mamba2BlockKernel.applies = lambda *_: False
-    lm, text = build(preset, batch, torch.bfloat16 if bf16 else None, overrides, text_tokens)
+    lm, text = build(preset, batch, quant or (torch.bfloat16 if bf16 else None), overrides, text_tokens)
     start = time.perf_counter()
     _, state = lm.prefill(Conditioning(text))
     prefill_s = time.perf_counter() - start
+    if bf16_state:
+        state = state.with_recurrent_dtype(torch.bfloat16)
     tokens = torch.randint(0, lm.cfg.cardinality, (batch, lm.cfg.num_codebooks))
     for _ in range(3):  # warm-up: builds the kernels, touches the buffers
         _, state = lm.step(tokens, state)
@@ -415,6 +421,27 @@ def section_release(steps: int) -> None:
         f"our mode ({TEXT_TOKENS}-token prefix, no positions) in the same run: {ours['steps_per_s']:.2f} steps/s",
         flush=True,
     )
+    # One prompt with its CFG twin: a second of audio is FRAME_RATE steps (the delay pattern's 3 aside).
+    print(f"\nthe release model at batch 2 (one prompt and its CFG twin), x real time = steps/s / {FRAME_RATE}:")
+    print("| weights, state | steps/s | x real time |")
+    print("|---|---|---|")
+    print(f"| fp32, fp32 | {release['steps_per_s']:.2f} | {release['steps_per_s'] / FRAME_RATE:.2f} |")
+    rates = {}
+    for quant in ("int8", "int4"):
+        found = in_process(
+            "steps",
+            preset="simba-300m",
+            batch=2,
+            steps=steps,
+            overrides=RELEASE_MODE,
+            text_tokens=RELEASE_PREFIX,
+            quant=quant,
+            bf16_state=True,
+        )
+        rates[quant] = found["steps_per_s"] / FRAME_RATE
+        print(f"| {quant}, bf16 | {found['steps_per_s']:.2f} | {rates[quant]:.2f} |", flush=True)
+    met = "met" if rates["int4"] >= 0.6 else "NOT met"
+    print(f"target: the release model with int4 weights at least 0.6x real time: {rates['int4']:.2f}x: {met}")
 
 
 def main() -> None:
