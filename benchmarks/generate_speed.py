@@ -197,7 +197,7 @@ def static_cache(config, batch: int, positions: int, length: int, dtype: torch.d
     heads = config.num_attention_heads
     head_dim = config.hidden_size // heads
     generator = torch.Generator().manual_seed(0)
-    audio = torch.randn(batch, heads, max(positions, 1), head_dim, generator=generator).to(dtype)
+    audio = torch.randn(batch, heads, positions, head_dim, generator=generator).to(dtype)
     text = torch.randn(batch, heads, TEXT_TOKENS, head_dim, generator=generator).to(dtype)
     own = StaticCache(config=config, max_cache_len=length)
     where = {"cache_position": torch.arange(audio.shape[2])}
@@ -240,8 +240,8 @@ def run_at(
         text = torch.randn(batch, TEXT_TOKENS, mg.config.hidden_size, dtype=dtype)
         ids = torch.randint(0, mg.config.vocab_size, (batch * mg.config.num_codebooks, 1))
         if static:
-            cache = static_cache(mg.config, batch, frames, frames + WARMUP + steps, dtype)
-            position = frames
+            position = max(frames, 1)  # the cache's first entry written: a step always has one before it
+            cache = static_cache(mg.config, batch, position, position + WARMUP + steps, dtype)
 
             def step() -> None:
                 nonlocal position

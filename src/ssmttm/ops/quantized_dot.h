@@ -117,24 +117,38 @@ static inline void prefetch_l2(uintptr_t address) {
   _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T1);
 }
 
-// int8: R weight rows against NB rows of x (x rows b0 .. b0 + NB), 64 columns a step.
+// int8: 64 columns from i of R weight rows against NB rows of x, into acc. A masked load only where
+// the row ends inside the 64 (`m`): with masked loads in the loop, gcc kept the 16 accumulators in
+// memory as well as in registers, a 64-byte store after every vpdpbusd.
+template <int NB, int R, bool MASKED>
+static inline void int8_columns(const QuantWeight& W, const int8_t* xq, int64_t ld, __m512i (&acc)[R][NB], int64_t o,
+                                int64_t i, __mmask64 m, uintptr_t next_block) {
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i x[NB];  // loaded once for the R weight rows
+  for (int b = 0; b < NB; ++b) x[b] = _mm512_loadu_si512(xq + b * ld + i);
+  for (int r = 0; r < R; ++r) {
+    prefetch_l2(next_block + ((i / QUANT_UNIT) * R + r) * 64);
+    const uint8_t* w = W.row(o + r) + i;
+    // Masked, the padding loads as 0, +128 after the XOR, against x's zeros there.
+    const __m512i raw = MASKED ? _mm512_maskz_loadu_epi8(m, w) : _mm512_loadu_si512(w);
+    const __m512i shifted = _mm512_xor_si512(raw, sign);
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], shifted, x[b]);
+  }
+}
+
+// int8: R weight rows against NB rows of x (x rows b0 .. b0 + NB).
 template <int NB, int R>
 static void int8_block(const QuantWeight& W, const QuantRows& X, float* Y, int64_t o, int64_t b0) {
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
-  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
   const uintptr_t next_block = W.next_block(o, R);
-  for (int64_t i = 0; i < W.padded; i += QUANT_UNIT) {
-    __m512i x[NB];  // loaded once for the R weight rows
-    for (int b = 0; b < NB; ++b) x[b] = _mm512_loadu_si512(X.q.data() + (b0 + b) * X.padded + i);
-    // A masked load leaves the padding 0, +128 after the XOR, against x's zeros there.
-    const __mmask64 m = W.in - i >= 64 ? ~0ULL : (1ULL << (W.in - i)) - 1;
-    for (int r = 0; r < R; ++r) {
-      prefetch_l2(next_block + ((i / QUANT_UNIT) * R + r) * 64);
-      const __m512i w = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, W.row(o + r) + i), sign);
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], w, x[b]);
-    }
+  const int8_t* xq = X.q.data() + b0 * X.padded;
+  const int64_t body = W.in - W.in % QUANT_UNIT;
+  for (int64_t i = 0; i < body; i += QUANT_UNIT) int8_columns<NB, R, false>(W, xq, X.padded, acc, o, i, 0, next_block);
+  if (body < W.in) {
+    const __mmask64 tail = (1ULL << (W.in - body)) - 1;
+    int8_columns<NB, R, true>(W, xq, X.padded, acc, o, body, tail, next_block);
   }
   for (int r = 0; r < R; ++r) {
     const float ws = W.int8_scale(o + r);
