@@ -56,6 +56,7 @@ from ssmttm.eval.frechet import GaussianStats, frechet_distance
 from ssmttm.eval.kl import label_distribution, paired_kl
 from ssmttm.eval.models import MusicnnModel
 from ssmttm.generation.pipeline import TextToMusic
+from ssmttm.generation.precision import Precision
 from ssmttm.text.stated_tempo import stated_bpm
 
 tune_allocator()  # as the CLI does
@@ -175,6 +176,12 @@ def main() -> int:
         help="the model to evaluate (default: the shipped demo); a two-stage one too",
     )
     parser.add_argument("--diffusion-steps", type=int, help="a two-stage model's stage-2 steps (default: its own)")
+    parser.add_argument(
+        "--precision",
+        choices=list(Precision.NAMES),
+        default="fp32",
+        help="decode as `ssmttm generate --precision` does: does the model sound the same in bf16, int8, int4?",
+    )
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.classifier_clips = 12, 200
@@ -183,7 +190,7 @@ def main() -> int:
     work = Path(args.work) / f"{args.duration:g}s"
     torch.set_num_threads(2)
 
-    model = TextToMusic.from_pretrained(args.model)
+    model = TextToMusic.from_pretrained(args.model, precision=args.precision)
     diffusion = {} if args.diffusion_steps is None else {"diffusion_steps": args.diffusion_steps}
     fit = corpus(work / "classifier-corpus", args.classifier_clips, 11, False, args.duration)
     fx = np.stack([clip_features(model.codec, audio_codes(model.codec, *load_audio(r["path"]))) for r in fit])
@@ -215,7 +222,8 @@ def main() -> int:
 
     combos = sorted({(r["style"], r["lead"]) for r in reference})
     print(
-        f"model {args.model}{' (two-stage)' if model.two_stage else ''}, {len(reference)} prompts of corpus seed 12 "
+        f"model {args.model}{' (two-stage)' if model.two_stage else ''}, precision {model.precision.name}, "
+        f"{len(reference)} prompts of corpus seed 12 "
         f"from {len(combos)} held-out "
         f"combinations, {args.duration:g} s, {len(reference)} clips per condition, seeds {list(SEEDS)} "
         f"(real: corpus seeds {list(REAL_SEEDS)})"

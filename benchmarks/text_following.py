@@ -260,6 +260,8 @@ def main() -> int:
     state = torch.bfloat16 if args.state_dtype == "bf16" else torch.float32
     precision = args.precision if args.precision != "fp32" else Precision(state_dtype=state)
     model = TextToMusic.from_pretrained(args.model, precision=precision)
+    if model.precision.name != "fp32":
+        print(f"decoding at precision {model.precision.name}")
     real = corpus(work / "classifier-corpus", args.classifier_clips, 11, None, False, args.bpm_captions)
     real_codes = encode_clips(model, real, work / "classifier-corpus")
     loss = text_losses(model, real, real_codes)
