@@ -64,6 +64,8 @@ def test_int8_and_int4_quantize_at_load_and_the_record_says_so(model_dir, name, 
     assert (record["precision"], record["weight_dtype"], record["state_dtype"]) == (name, weight_format, "bfloat16")
     codes = model.generate_codes("calm piano", duration=0.5, seed=3)
     assert codes.shape[-1] > 0 and int(codes.max()) < model.lm.cfg.cardinality
+    with pytest.raises(ValueError, match=f"precision {name} cannot be saved: its weights are packed"):
+        model.save_pretrained(model_dir.parent / "copy")
     with pytest.raises(ValueError, match="int4 group size 48: choose one of 32, 64, 128"):
         Precision(quantized="int4", group=48)
     assert Precision(quantized="int4", group=128).name == "int4-g128"

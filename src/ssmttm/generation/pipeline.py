@@ -137,6 +137,11 @@ class TextToMusic:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """The LM's folder, with its stage 2 in `stage2/` for a two-stage model."""
+        if self.precision.quantized is not None:  # packed weights would not load back as a model's
+            raise GenerationError(
+                f"a model decoding at precision {self.precision.name} cannot be saved: its weights are packed "
+                f"for decoding; load it at fp32 (or bf16) to save it"
+            )
         stage2 = ""
         if isinstance(self.renderer, Stage2Renderer):
             stage2 = STAGE2_FOLDER

@@ -6,7 +6,7 @@ slower than `W @ x.T` with a contiguous x, on an Intel Xeon it is the faster of 
 rows (1-4 without AVX-512) our C++ loop (cpu_kernels.cpp) reads fp32 weights as fast as the best
 of them on both, and bf16 weights faster (benchmarks/README.md). Every Linear of the models goes
 through `linear`, so training, prefill and decoding share one code path, in fp32 or with bf16
-weights.
+weights. Packed int8 and int4 weights (ops/quantize.py) go to their own kernel, or its twin.
 """
 
 from __future__ import annotations
