@@ -111,7 +111,6 @@ struct QuantRows {
 };
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
-static constexpr bool QUANT_VNNI = true;
 
 static inline void prefetch_l2(uintptr_t address) {
   _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T1);
@@ -273,7 +272,6 @@ static void quantized_dot(const QuantWeight& W, const QuantRows& X, float* Y, in
   for (int64_t o = blocks * R; o < W.out; ++o) quant_rows_block<1>(W, X, C, Y, o, rows);
 }
 #else
-static constexpr bool QUANT_VNNI = false;
 
 // The same sums in plain loops (the compiler vectorises the inner ones).
 static void quantized_dot(const QuantWeight& W, const QuantRows& X, float* Y, int64_t rows) {
