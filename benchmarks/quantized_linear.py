@@ -44,33 +44,36 @@ def linears() -> list[nn.Linear]:
     return [m for name, m in lm.named_modules() if isinstance(m, nn.Linear) and not name.startswith("text_proj")]
 
 
-def float_pass(layers: list[nn.Linear], dtype: torch.dtype) -> tuple[Callable[[Tensor], None], int]:
-    copies = [nn.Linear(m.in_features, m.out_features, bias=m.bias is not None).to(dtype) for m in layers]
-    for copy, m in zip(copies, layers, strict=True):
-        copy.load_state_dict(m.state_dict())
-    nbytes = sum(c.weight.numel() * c.weight.element_size() for c in copies)
-    return lambda x: [linear(_x(x, c), c) for c in copies], nbytes
-
-
-def _x(x: Tensor, layer: nn.Linear) -> Tensor:
-    return x[:, : layer.in_features]
-
-
-def ours(layers: list[nn.Linear], fmt: str, group: int) -> tuple[Callable[[Tensor], None], int]:
-    copies = []
+def copies(layers: list[nn.Linear], convert: Callable[[nn.Linear], nn.Module]) -> list[nn.Linear]:
+    """A converted copy of each Linear (the originals stay fp32 for the next format)."""
+    out = []
     for m in layers:
         c = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
         c.load_state_dict(m.state_dict())
-        copies.append(Q.quantize_linear_weights(c, fmt, group))
-    nbytes = sum(c.weight.numel() for c in copies)  # bytes: int8 and uint8
-    return lambda x: [linear(_x(x, c), c) for c in copies], nbytes
+        out.append(convert(c))
+    return out
+
+
+def through_linear(layers: list[nn.Linear]) -> tuple[Callable[[Tensor], None], int]:
+    """A pass through ops/linear.py's `linear`, and the weights' bytes."""
+    nbytes = sum(c.weight.numel() * c.weight.element_size() for c in layers)
+    return lambda x: [linear(x[:, : c.in_features], c) for c in layers], nbytes
+
+
+def float_pass(layers: list[nn.Linear], dtype: torch.dtype) -> tuple[Callable[[Tensor], None], int]:
+    return through_linear(copies(layers, lambda c: c.to(dtype)))
+
+
+def ours(layers: list[nn.Linear], fmt: str, group: int) -> tuple[Callable[[Tensor], None], int]:
+    return through_linear(copies(layers, lambda c: Q.quantize_linear_weights(c, fmt, group)))
 
 
 def aten_int8(layers: list[nn.Linear]) -> tuple[Callable[[Tensor], None], int]:
     packed = []
     for m in layers:
-        p = Q.pack_int8(m.weight)
-        packed.append((m.in_features, p[:, : m.in_features].contiguous(), Q.unpack(p, m.in_features)[:, 0].bfloat16()))
+        k = m.in_features
+        p = Q.pack_int8(m.weight)  # values, then each row's fp32 scale
+        packed.append((k, p[:, :k].contiguous(), p[:, k:].contiguous().view(torch.float32)[:, 0].bfloat16()))
     nbytes = sum(q.numel() + s.numel() * 2 for _, q, s in packed)
     return lambda x: [torch._weight_int8pack_mm(x[:, :k].bfloat16(), q, s) for k, q, s in packed], nbytes
 

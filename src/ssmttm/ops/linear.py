@@ -22,8 +22,8 @@ from ssmttm.ops.quantize import is_quantized, quantized_linear
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) for x (..., in); the output keeps x's dtype whatever the weight dtype."""
     weight, bias = layer.weight, layer.bias
-    if is_quantized(weight):  # int8 or int4 (ops/quantize.py): the kernel takes any number of rows
-        if x.dim() == 2 and _quantized_kernel_applies(x, weight):
+    if is_quantized(weight):  # int8 or int4 (ops/quantize.py)
+        if x.dim() == 2 and _kernel_applies(x, weight):
             return cpu_kernels.extension().linear_rows(x, weight, bias)
         return quantized_linear(x, weight, bias, layer.in_features)
     if x.dim() == 2:  # a decoding step: a few rows against every weight
@@ -39,25 +39,18 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
 
 
 def _kernel_applies(x: Tensor, weight: Tensor) -> bool:
+    """fp32 rows on the CPU, no autograd, weights the kernel reads: fp32 or bf16 up to its row limit,
+    packed ones at any number of rows."""
+    packed = is_quantized(weight)
     return (
         x.dtype == torch.float32
-        and weight.dtype in (torch.float32, torch.bfloat16)
-        and x.is_cpu
-        and weight.is_contiguous()
-        and not torch.is_grad_enabled()
-        and cpu_kernels.available()
-        and x.shape[0] <= cpu_kernels.linear_max_rows()
-    )
-
-
-def _quantized_kernel_applies(x: Tensor, weight: Tensor) -> bool:
-    return (
-        x.dtype == torch.float32
+        and (packed or weight.dtype in (torch.float32, torch.bfloat16))
         and x.is_cpu
         and weight.is_cpu
         and weight.is_contiguous()
         and not torch.is_grad_enabled()
         and cpu_kernels.available()
+        and (packed or x.shape[0] <= cpu_kernels.linear_max_rows())
     )
 
 

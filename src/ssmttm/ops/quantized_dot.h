@@ -20,7 +20,7 @@ static constexpr int64_t QUANT_UNIT = 64;  // bytes of x (and int8 weights) one 
 
 enum class Quant { int8, int4 };
 
-// A packed weight's layout, read off its dtype and shape (check_quantized has checked them).
+// A packed weight's layout, read off its dtype and shape (check_packed has checked them).
 struct QuantWeight {
   Quant kind;
   const uint8_t* data;
